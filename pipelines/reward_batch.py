@@ -1,0 +1,184 @@
+"""Batch reward aggregation: serving logs in, per-arm rewards and statistics out.
+
+  predictions ─ReadPredictions─┐
+                               ├─AttributeRewards─ExperimentStatistics─┬─ arm_stats
+  feedback ────ReadFeedback────┘                                       └─ router_state
+  (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
+
+Run locally:
+  python -m pipelines.reward_batch --predictions 'logs/predictions*.jsonl' \
+      --feedback 'logs/feedback*.jsonl' --output_dir out/
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms import arm_table
+from transforms import contract
+from transforms import experiments
+from transforms import options as opts
+from transforms import quality
+from transforms import rewards
+from transforms import schemas
+from transforms import sinks
+from transforms.attribution import AttributeRewards
+from transforms.read_logs import ReadLogs
+
+
+class RewardBatchOptions(PipelineOptions):
+  """Inputs of the batch reward pipeline."""
+
+  INPUT_OPTIONS = (
+      opts.Option("predictions",
+                  "Prediction logs: file pattern (JSONL, .gz or Parquet; local "
+                  "or gs://). Without it, feedback must carry experiment_id "
+                  "and arm.", "Prediction log files",
+                  param_type="GCS_READ_FILE"),
+      opts.Option("feedback", "Feedback logs: file pattern (JSONL, .gz or "
+                  "Parquet; local or gs://).", "Feedback log files",
+                  param_type="GCS_READ_FILE"),
+      opts.Option("join_shards", "Number of request-id shards the join is "
+                  "spread over.", "Join shards", type=int, default=32,
+                  regexes=(r"^[0-9]+$",)),
+  )
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, cls.INPUT_OPTIONS)
+
+
+class AttributionOptions(PipelineOptions):
+  """How feedback becomes a reward."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, opts.ATTRIBUTION_OPTIONS)
+
+
+class StatisticsOptions(PipelineOptions):
+  """What the statistics compare against."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, opts.STATISTICS_OPTIONS)
+
+
+OPTION_CLASSES = (RewardBatchOptions, AttributionOptions, StatisticsOptions,
+                  opts.OutputPipelineOptions)
+
+
+def attribution_config(pipeline_options,
+                       with_predictions: bool) -> rewards.AttributionConfig:
+  attribution = pipeline_options.view_as(AttributionOptions)
+  return rewards.AttributionConfig(
+      attribution_window_s=attribution.attribution_window_s,
+      reward_reduce=attribution.reward_reduce,
+      missing_reward=attribution.missing_reward,
+      with_predictions=with_predictions)
+
+
+def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
+  statistics = pipeline_options.view_as(StatisticsOptions)
+  return arm_table.StatisticsConfig(
+      control_arm=statistics.control_arm,
+      expected_allocation=opts.parse_allocation(
+          statistics.expected_allocation),
+      traffic_floor=statistics.traffic_floor)
+
+
+class WriteOutputs(beam.PTransform):
+  """arm_stats, router_state, dead letters and counts -> the four tables."""
+
+  def __init__(self, config: sinks.OutputConfig):
+    super().__init__()
+    self._config = config
+
+  def expand(self, outputs):
+    config = self._config
+    failed = [
+        outputs["arm_stats"] | "WriteArmStats" >> sinks.WriteTable(
+            schemas.ARM_STATS, config),
+        outputs["router_state"] | "WriteRouterState" >> sinks.WriteTable(
+            schemas.ROUTER_STATE, config),
+        outputs["data_quality"] | "WriteDataQuality" >> sinks.WriteTable(
+            schemas.DATA_QUALITY, config),
+    ]
+    dead_letters = ((outputs["dead_letter"], *failed)
+                    | "FlattenDeadLetters" >> beam.Flatten()
+                    | "Redact" >> sinks.RedactDeadLetters(
+                        config.pseudonymize_key_env))
+    # Rows the dead_letter table itself refuses are only counted (no loop).
+    _ = dead_letters | "WriteDeadLetters" >> sinks.WriteTable(
+        schemas.DEAD_LETTER, config)
+
+
+class RewardAggregation(beam.PTransform):
+  """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
+
+  def __init__(self, predictions: str | None, feedback: str,
+               attribution: rewards.AttributionConfig,
+               statistics: arm_table.StatisticsConfig, join_shards: int = 32):
+    super().__init__()
+    self._predictions = predictions
+    self._feedback = feedback
+    self._attribution = attribution
+    self._statistics = statistics
+    self._join_shards = join_shards
+
+  def expand(self, pbegin):
+    feedback = pbegin | "ReadFeedback" >> ReadLogs(self._feedback,
+                                                    contract.FEEDBACK)
+    reads = [feedback]
+    predictions = None
+    if self._predictions:
+      predictions = pbegin | "ReadPredictions" >> ReadLogs(
+          self._predictions, contract.PREDICTION)
+      reads.append(predictions)
+    attributed = ((predictions.records if predictions else None,
+                   feedback.records)
+                  | "AttributeRewards" >> AttributeRewards(
+                      self._attribution, self._join_shards))
+    tables = (attributed["arm_totals"]
+              | "ExperimentStatistics" >> experiments.ExperimentStatistics(
+                  self._statistics))
+    dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
+                    [attributed[quality.DEAD_LETTER]]
+                    | "FlattenDeadLetters" >> beam.Flatten())
+    counts = ([r[quality.COUNTS] for r in reads] +
+              [attributed[quality.COUNTS]]
+              | "FlattenCounts" >> beam.Flatten()
+              | "DataQuality" >> quality.SummarizeCounts())
+    return {"arm_stats": tables.arm_stats,
+            "router_state": tables[experiments.ROUTER_STATE],
+            "dead_letter": dead_letters, "data_quality": counts}
+
+
+def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
+  """Add the whole job to `pipeline`, as the options say."""
+  inputs = pipeline_options.view_as(RewardBatchOptions)
+  if not inputs.feedback:
+    raise ValueError("--feedback is required")
+  output = sinks.OutputConfig.from_options(pipeline_options)
+  _ = (pipeline
+       | "RewardAggregation" >> RewardAggregation(
+           inputs.predictions, inputs.feedback,
+           attribution_config(pipeline_options, bool(inputs.predictions)),
+           statistics_config(pipeline_options), inputs.join_shards)
+       | "WriteOutputs" >> WriteOutputs(output))
+
+
+def run(argv=None):
+  """Parse the options, build the job and run it to completion."""
+  pipeline_options = PipelineOptions(argv)
+  with beam.Pipeline(options=pipeline_options) as pipeline:
+    build(pipeline, pipeline_options)
+  return pipeline
+
+
+if __name__ == "__main__":
+  logging.getLogger().setLevel(logging.INFO)
+  run()

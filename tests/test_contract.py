@@ -1,0 +1,167 @@
+"""The log contract: one record in, a normalized dict or a reason out."""
+
+import datetime
+import json
+
+import pytest
+
+from transforms import batches
+from transforms import contract
+
+TS = "2026-11-21T10:00:00Z"
+EPOCH = datetime.datetime(2026, 11, 21, 10, tzinfo=datetime.timezone.utc
+                          ).timestamp()
+
+
+def prediction(**fields):
+  record = {"request_id": "r1", "timestamp": TS, "experiment_id": "exp",
+            "arm": "a"}
+  record.update(fields)
+  return json.dumps({k: v for k, v in record.items() if v is not ...})
+
+
+def test_prediction_normalized():
+  parsed = contract.parse_prediction(prediction(shadow=True, propensity=0.5))
+  assert parsed == {"request_id": "r1", "ts": EPOCH, "experiment_id": "exp",
+                    "arm": "a", "shadow": True}
+
+
+@pytest.mark.parametrize("timestamp,expected", [
+    ("2026-11-21T10:00:00Z", EPOCH),
+    ("2026-11-21T12:00:00+02:00", EPOCH),
+    ("2026-11-21T10:00:00.250Z", EPOCH + 0.25),
+    (EPOCH, EPOCH),
+    (int(EPOCH), EPOCH),
+])
+def test_timestamp_forms(timestamp, expected):
+  assert contract.parse_prediction(prediction(timestamp=timestamp))["ts"] == (
+      pytest.approx(expected))
+
+
+@pytest.mark.parametrize("raw,reason,detail", [
+    ("{not json", contract.INVALID_JSON, ""),
+    ("[1, 2]", contract.NOT_AN_OBJECT, ""),
+    (prediction(request_id=...), contract.MISSING_FIELD, "request_id"),
+    (prediction(request_id=""), contract.MISSING_FIELD, "request_id"),
+    (prediction(timestamp=...), contract.MISSING_FIELD, "timestamp"),
+    (prediction(experiment_id=...), contract.MISSING_FIELD, "experiment_id"),
+    (prediction(arm=...), contract.MISSING_FIELD, "arm"),
+    (prediction(arm=3), contract.WRONG_TYPE, "arm"),
+    (prediction(timestamp=True), contract.WRONG_TYPE, "timestamp"),
+    (prediction(timestamp="yesterday"), contract.BAD_TIMESTAMP, "timestamp"),
+    (prediction(timestamp="2026-11-21T10:00:00"), contract.BAD_TIMESTAMP,
+     "timestamp"),
+    (prediction(shadow="yes"), contract.WRONG_TYPE, "shadow"),
+    (prediction(propensity=0), contract.PROPENSITY_OUT_OF_RANGE, "propensity"),
+    (prediction(propensity=1.5), contract.PROPENSITY_OUT_OF_RANGE,
+     "propensity"),
+    (prediction(propensity="high"), contract.WRONG_TYPE, "propensity"),
+])
+def test_prediction_rejections(raw, reason, detail):
+  assert contract.parse_prediction(raw) == contract.Rejected(reason, detail)
+
+
+def test_feedback_normalized_and_optional_arm():
+  raw = json.dumps({"request_id": "r1", "timestamp": EPOCH, "reward": 2,
+                    "arm": "b"})
+  assert contract.parse_feedback(raw) == {
+      "request_id": "r1", "ts": EPOCH, "reward": 2.0, "experiment_id": None,
+      "arm": "b"}
+
+
+@pytest.mark.parametrize("raw,reason,detail", [
+    ('{"request_id": "r", "timestamp": 1, "reward": NaN}',
+     contract.NON_FINITE_REWARD, "reward"),
+    ('{"request_id": "r", "timestamp": 1, "reward": Infinity}',
+     contract.NON_FINITE_REWARD, "reward"),
+    ('{"request_id": "r", "timestamp": 1, "reward": "1"}', contract.WRONG_TYPE,
+     "reward"),
+    ('{"request_id": "r", "timestamp": 1, "reward": true}', contract.WRONG_TYPE,
+     "reward"),
+    ('{"request_id": "r", "timestamp": 1}', contract.MISSING_FIELD, "reward"),
+    ('{"request_id": "r", "reward": 1}', contract.MISSING_FIELD, "timestamp"),
+])
+def test_feedback_rejections(raw, reason, detail):
+  assert contract.parse_feedback(raw) == contract.Rejected(reason, detail)
+
+
+def seldon_body(routing, puid="p-1", reward=1.0):
+  return {"request": {"data": {"ndarray": [[1.0]]}},
+          "response": {"meta": {"puid": puid, "routing": routing},
+                       "data": {"ndarray": [[0.3]]}},
+          "reward": reward, "truth": {"data": {"ndarray": [[1]]}}}
+
+
+def test_seldon_cloud_event_maps_router_branch_and_time():
+  event = {"specversion": "1.0", "type": contract.SELDON_FEEDBACK_TYPE,
+           "id": "e1", "source": "seldon", "time": TS,
+           "data": seldon_body({"eg-router": 2})}
+  assert contract.parse_feedback(json.dumps(event)) == {
+      "request_id": "p-1", "ts": EPOCH, "reward": 1.0,
+      "experiment_id": "eg-router", "arm": "2"}
+
+
+def test_bare_seldon_feedback_with_shipper_timestamp():
+  body = {**seldon_body({"router": 0, "model-a": -1}), "timestamp": EPOCH}
+  assert contract.parse_feedback(json.dumps(body)) == {
+      "request_id": "p-1", "ts": EPOCH, "reward": 1.0,
+      "experiment_id": "router", "arm": "0"}
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({**seldon_body({"r1": 0, "r2": 1}), "timestamp": 1},
+     contract.AMBIGUOUS_ROUTING),
+    ({**seldon_body({}), "timestamp": 1}, contract.MISSING_FIELD),
+    (seldon_body({"r1": 0}), contract.MISSING_FIELD),  # no time at all
+])
+def test_seldon_rejections(body, reason):
+  assert contract.parse_feedback(json.dumps(body)).reason == reason
+
+
+def test_kserve_response_event_is_a_prediction():
+  event = {"specversion": "1.0", "type": contract.KSERVE_RESPONSE_TYPE,
+           "id": "req-9", "time": TS, "inferenceservicename": "sklearn-iris",
+           "endpoint": "canary", "data": {"predictions": [1]}}
+  assert contract.parse_prediction(json.dumps(event)) == {
+      "request_id": "req-9", "ts": EPOCH, "experiment_id": "sklearn-iris",
+      "arm": "canary", "shadow": False}
+
+
+def test_pseudonymized_user_id_is_keyed_and_stable():
+  raw = prediction(user_id="alice", arm=3)
+  redacted = json.loads(contract.redact_raw(raw, b"k1"))
+  assert redacted["user_id"] == contract.pseudonymize("alice", b"k1")
+  assert redacted["user_id"] != contract.pseudonymize("alice", b"k2")
+  assert "alice" not in contract.redact_raw(raw, b"k1")
+  assert contract.redact_raw(raw, None) == raw
+
+
+@pytest.mark.parametrize("record_type,lines", [
+    (contract.PREDICTION, [
+        prediction(request_id=f"r{i}", timestamp=EPOCH + i,
+                   shadow=bool(i % 2), propensity=0.5) for i in range(5)]),
+    (contract.PREDICTION, [
+        prediction(request_id=f"r{i}", timestamp="2026-11-21T10:00:0%dZ" % i)
+        for i in range(5)]),
+    (contract.FEEDBACK, [json.dumps({"request_id": f"r{i}",
+                                     "timestamp": TS, "reward": i,
+                                     "arm": "a" if i % 2 else ""})
+                         for i in range(5)]),
+])
+def test_fast_path_equals_per_record_contract(record_type, lines):
+  encoded = [line.encode() for line in lines]
+  fast = batches.parse_json_block(encoded, record_type, "f.jsonl")
+  slow = batches._slow(encoded, record_type, "f.jsonl")  # pylint: disable=protected-access
+  assert fast.fast and not slow.fast
+  assert fast.table.to_pylist() == slow.table.to_pylist()
+  assert fast.table.num_rows == len(lines)
+
+
+def test_one_bad_record_sends_its_block_to_the_contract():
+  lines = [prediction(request_id=f"r{i}").encode() for i in range(3)]
+  lines.append(prediction(arm=3).encode())
+  result = batches.parse_json_block(lines, contract.PREDICTION, "f.jsonl")
+  assert not result.fast
+  assert result.table.num_rows == 3
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.WRONG_TYPE, "arm")]

@@ -1,0 +1,115 @@
+"""Join feedback to predictions shard-wise and combine the rewards of each arm."""
+
+from __future__ import annotations
+
+import zlib
+
+import apache_beam as beam
+from apache_beam import pvalue
+import numpy as np
+import pyarrow as pa
+
+from transforms import batches
+from transforms import contract
+from transforms import quality
+from transforms import rewards
+
+
+class _ShardByRequest(beam.DoFn):
+  """A table -> (shard, (record_type, sub-table)), sharded by a stable hash of request_id."""
+
+  def __init__(self, record_type: str, num_shards: int):
+    self._record_type = record_type
+    self._num_shards = num_shards
+
+  def process(self, table: pa.Table):
+    shard = np.fromiter(
+        (zlib.crc32(rid.encode()) for rid in table["request_id"].to_pylist()),
+        np.uint32, table.num_rows) % self._num_shards
+    order = np.argsort(shard, kind="stable")
+    ordered = table.take(order)
+    bounds = np.searchsorted(shard[order], np.arange(self._num_shards + 1))
+    for s in range(self._num_shards):
+      if bounds[s + 1] > bounds[s]:
+        yield int(s), (self._record_type,
+                       ordered.slice(bounds[s], bounds[s + 1] - bounds[s]))
+
+
+class _AttributeShard(beam.DoFn):
+  """All records of one shard -> per-arm partials, orphan dead letters, counts."""
+
+  def __init__(self, config: rewards.AttributionConfig):
+    self._config = config
+
+  def process(self, element):
+    _, parts = element
+    tables = {contract.PREDICTION: [], contract.FEEDBACK: []}
+    for record_type, table in parts:
+      tables[record_type].append(table)
+    result = rewards.attribute(
+        _concat(tables[contract.PREDICTION], contract.PREDICTION),
+        _concat(tables[contract.FEEDBACK], contract.FEEDBACK), self._config)
+    yield from result.partials
+    for key, count in result.counts.items():
+      yield pvalue.TaggedOutput(quality.COUNTS, (key, count))
+    for raw, source_file, rejected in result.orphans:
+      yield pvalue.TaggedOutput(
+          quality.DEAD_LETTER,
+          quality.dead_letter(contract.FEEDBACK, source_file, raw, rejected))
+      yield pvalue.TaggedOutput(quality.COUNTS, (
+          (contract.FEEDBACK, quality.dead_letter_metric(rejected.reason)), 1))
+
+
+def _concat(tables: list, record_type: str) -> pa.Table:
+  if not tables:
+    return batches.SCHEMAS[record_type].empty_table()
+  return pa.concat_tables(tables)
+
+
+class ArmCombineFn(beam.CombineFn):
+  """Merge per-arm partial accumulators."""
+
+  def create_accumulator(self):
+    return rewards.ArmAccumulator()
+
+  def add_input(self, accumulator, partial):
+    return accumulator.merge(partial)
+
+  def merge_accumulators(self, accumulators):
+    return rewards.merge_all(accumulators)
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+class AttributeRewards(beam.PTransform):
+  """(predictions, feedback) Arrow tables -> ((experiment_id, arm), ArmAccumulator).
+
+  Predictions may be None: then feedback carries its own experiment and arm.
+  Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
+  """
+
+  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32):
+    super().__init__()
+    self._config = config
+    self._num_shards = num_shards
+
+  def expand(self, tables):
+    predictions, feedback = tables
+    sharded = [feedback | "ShardFeedback" >> beam.ParDo(
+        _ShardByRequest(contract.FEEDBACK, self._num_shards))]
+    if predictions is not None:
+      sharded.append(predictions | "ShardPredictions" >> beam.ParDo(
+          _ShardByRequest(contract.PREDICTION, self._num_shards)))
+    attributed = (sharded
+                  | "FlattenShards" >> beam.Flatten()
+                  | "GroupShards" >> beam.GroupByKey()
+                  | "Attribute" >> beam.ParDo(_AttributeShard(
+                      self._config)).with_outputs(quality.DEAD_LETTER,
+                                                  quality.COUNTS,
+                                                  main="partials"))
+    totals = attributed.partials | "CombinePerArm" >> beam.CombinePerKey(
+        ArmCombineFn())
+    return {"arm_totals": totals,
+            quality.DEAD_LETTER: attributed[quality.DEAD_LETTER],
+            quality.COUNTS: attributed[quality.COUNTS]}

@@ -1,0 +1,238 @@
+"""Turn a block of raw log records into a validated Arrow table, batch-wise.
+
+Pure (pyarrow and numpy, no Beam). The fast path lets pyarrow parse a whole
+block of JSON lines and validates it with vectorized checks; a block where any
+record is not clean (malformed, mistyped, another format such as Seldon) falls
+back to the per-record parsers of `transforms.contract`, which decide every
+dead-letter reason. Both paths produce the same normalized columns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from transforms import contract
+
+PREDICTION_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("ts", pa.float64()),
+    ("experiment_id", pa.string()),
+    ("arm", pa.string()),
+    ("shadow", pa.bool_()),
+])
+
+FEEDBACK_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("ts", pa.float64()),
+    ("reward", pa.float64()),
+    ("experiment_id", pa.string()),
+    ("arm", pa.string()),
+    ("raw", pa.string()),
+    ("source_file", pa.string()),
+])
+
+SCHEMAS = {contract.PREDICTION: PREDICTION_SCHEMA,
+           contract.FEEDBACK: FEEDBACK_SCHEMA}
+
+# What pyarrow reads of our contract; other fields are ignored on the fast path.
+_JSON_FIELDS = {
+    contract.PREDICTION: [("request_id", pa.string()),
+                          ("experiment_id", pa.string()),
+                          ("arm", pa.string()), ("shadow", pa.bool_()),
+                          ("propensity", pa.float64()),
+                          ("policy", pa.string())],
+    contract.FEEDBACK: [("request_id", pa.string()), ("reward", pa.float64()),
+                        ("experiment_id", pa.string()), ("arm", pa.string())],
+}
+_TIMESTAMP_TYPES = (pa.string(), pa.float64())
+
+
+class BlockResult:
+  """What one block yields: the valid records and the rejected ones."""
+  __slots__ = ("table", "rejected", "fast")
+
+  def __init__(self, table: pa.Table, rejected: list, fast: bool):
+    self.table = table
+    self.rejected = rejected  # [(raw: str, contract.Rejected)]
+    self.fast = fast
+
+
+def split_lines(block: bytes) -> list[bytes]:
+  """The non-blank lines of a block (blank lines are not records)."""
+  return [line for line in block.split(b"\n") if line.strip()]
+
+
+def parse_json_block(lines: list[bytes], record_type: str,
+                     source_file: str) -> BlockResult:
+  """Parse and validate JSON lines of one record type."""
+  table = _fast_json(lines, record_type)
+  if table is not None:
+    normalized = _normalize(table, record_type)
+    if normalized is not None:
+      return BlockResult(_finish(normalized, record_type, lines, source_file),
+                         [], True)
+  return _slow(lines, record_type, source_file)
+
+
+def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
+                      source_file: str) -> BlockResult:
+  """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
+  table = pa.Table.from_batches([batch]) if isinstance(
+      batch, pa.RecordBatch) else batch
+  normalized = _normalize(_with_timestamp_column(table), record_type)
+  if normalized is not None:
+    raws = None
+    if record_type == contract.FEEDBACK:
+      raws = [_row_json(row) for row in table.to_pylist()]
+    return BlockResult(_finish(normalized, record_type, raws, source_file),
+                       [], True)
+  return _slow([_row_json(row) for row in table.to_pylist()], record_type,
+               source_file)
+
+
+def _row_json(row: dict) -> str:
+  return json.dumps(row, default=str, separators=(",", ":"))
+
+
+def _with_timestamp_column(table: pa.Table) -> pa.Table:
+  if "timestamp" in table.column_names and pa.types.is_timestamp(
+      table.schema.field("timestamp").type):
+    seconds = pc.divide(
+        pc.cast(pc.cast(table["timestamp"], pa.timestamp("us", "UTC")),
+                pa.int64()), 1e6)
+    return table.set_column(table.column_names.index("timestamp"), "timestamp",
+                            seconds)
+  return table
+
+
+def _fast_json(lines: list[bytes], record_type: str) -> pa.Table | None:
+  if not lines:
+    return None
+  data = b"\n".join(lines)
+  for ts_type in _TIMESTAMP_TYPES:
+    schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
+    options = pa_json.ParseOptions(explicit_schema=schema,
+                                   unexpected_field_behavior="ignore")
+    try:
+      table = pa_json.read_json(io.BytesIO(data), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      continue
+    if table.num_rows == len(lines):
+      return table
+    return None
+  return None
+
+
+def _all(mask) -> bool:
+  return bool(pc.all(pc.fill_null(mask, False)).as_py())
+
+
+def _present_strings(table: pa.Table, name: str):
+  if name not in table.column_names:
+    return None
+  column = table[name]
+  if not pa.types.is_string(column.type) or not _all(
+      pc.greater(pc.utf8_length(column), 0)):
+    return None
+  return column
+
+
+def _timestamps(table: pa.Table):
+  if "timestamp" not in table.column_names:
+    return None
+  column = table["timestamp"]
+  if pa.types.is_string(column.type):
+    try:
+      micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+      return None
+    return pc.divide(micros, 1e6)
+  if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+    seconds = pc.cast(column, pa.float64())
+    return seconds if _all(pc.is_finite(seconds)) else None
+  return None
+
+
+def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
+  """Normalized columns if every row is valid by the contract, else None."""
+  request_id = _present_strings(table, "request_id")
+  ts = _timestamps(table)
+  if request_id is None or ts is None:
+    return None
+  if record_type == contract.PREDICTION:
+    experiment_id = _present_strings(table, "experiment_id")
+    arm = _present_strings(table, "arm")
+    if experiment_id is None or arm is None:
+      return None
+    if "propensity" in table.column_names:
+      propensity = table["propensity"]
+      in_range = pc.and_kleene(pc.greater(propensity, 0.0),
+                         pc.less_equal(propensity, 1.0))
+      if not _all(pc.or_kleene(pc.is_null(propensity), in_range)):
+        return None
+    if "policy" in table.column_names and not pa.types.is_string(
+        table["policy"].type):
+      return None
+    shadow = (pc.fill_null(table["shadow"], False)
+              if "shadow" in table.column_names else pa.repeat(
+                  False, table.num_rows))
+    if not pa.types.is_boolean(shadow.type):
+      return None
+    return pa.table([request_id, ts, experiment_id, arm, shadow],
+                    names=list(contract.PREDICTION_FIELDS))
+  if "reward" not in table.column_names:
+    return None
+  reward = table["reward"]
+  if not pa.types.is_floating(reward.type) and not pa.types.is_integer(
+      reward.type):
+    return None
+  reward = pc.cast(reward, pa.float64())
+  if not _all(pc.is_finite(reward)):
+    return None
+  optional = []
+  for name in ("experiment_id", "arm"):
+    column = table[name] if name in table.column_names else pa.nulls(
+        table.num_rows, pa.string())
+    if not pa.types.is_string(column.type):
+      return None
+    # The contract reads an empty string as absent.
+    optional.append(pc.if_else(pc.equal(column, ""), None, column))
+  return pa.table([request_id, ts, reward] + optional,
+                  names=list(contract.FEEDBACK_FIELDS))
+
+
+def _finish(normalized: pa.Table, record_type: str, raws,
+            source_file: str) -> pa.Table:
+  if record_type == contract.FEEDBACK:
+    n = normalized.num_rows
+    normalized = normalized.append_column(
+        "raw", pa.array(raws, pa.binary()).cast(pa.string())
+        if raws and isinstance(raws[0], bytes) else pa.array(raws, pa.string()))
+    normalized = normalized.append_column(
+        "source_file", pa.array(np.full(n, source_file, dtype=object),
+                                pa.string()))
+  return normalized.cast(SCHEMAS[record_type])
+
+
+def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
+  parse = contract.PARSERS[record_type]
+  rows, rejected = [], []
+  for raw in raws:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    parsed = parse(raw)
+    if isinstance(parsed, contract.Rejected):
+      rejected.append((text, parsed))
+      continue
+    if record_type == contract.FEEDBACK:
+      parsed["raw"] = text
+      parsed["source_file"] = source_file
+    rows.append(parsed)
+  table = pa.Table.from_pylist(rows, schema=SCHEMAS[record_type])
+  return BlockResult(table, rejected, False)

@@ -1,0 +1,167 @@
+"""A local BigQuery emulator (bqemulator, DuckDB-backed) that runs offline.
+
+bqemulator's start-up runs `INSTALL spatial; LOAD spatial`, which downloads
+DuckDB's spatial extension and aborts the start when there is no network.
+It has no switch for that step (`BQEMU_ENABLE_FORMAT_EXTENSIONS` only covers
+the Avro extension), so `serve` replaces the step with a no-op before starting
+the server: only GEOGRAPHY, which no table of ours uses, needs it.
+
+Run one in the foreground:
+
+  python -m transforms.bq_emulator --project local-project --port 9050
+
+or from Python / tests:
+
+  with start_emulator("local-project") as emulator:
+    client = transforms.bigquery.bigquery_client(emulator.project,
+                                                 emulator.host)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+DEFAULT_PROJECT = "local-project"
+DEFAULT_PORT = 9050
+_PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def serve(project: str, port: int, data_dir: str | None = None) -> None:
+  """Runs the emulator in this process until SIGINT or SIGTERM."""
+  from bqemulator import config
+  from bqemulator import server
+  from bqemulator.storage import engine
+
+  # Offline: skip the spatial and Avro extension downloads (module docstring).
+  engine.DuckDBEngine._load_spatial = lambda self: None
+  settings = config.Settings(
+      rest_port=port,
+      grpc_port=0,  # The Storage APIs (gRPC) are not used: any free port.
+      default_project_id=project,
+      enable_format_extensions=False,
+      persistence_mode=(config.PersistenceMode.PERSISTENT if data_dir
+                        else config.PersistenceMode.EPHEMERAL),
+      data_dir=data_dir)
+  server.run_forever(settings)
+
+
+class Emulator:
+  """A running emulator process; `stop()` it, or use it as a context manager."""
+
+  def __init__(self, project: str, port: int, process: subprocess.Popen,
+               log_path: str):
+    self.project = project
+    self.port = port
+    self.host = f"http://127.0.0.1:{port}"
+    self.process = process
+    self.log_path = log_path
+
+  def stop(self, timeout: float = 10.0) -> None:
+    if self.process.poll() is not None:
+      return
+    self.process.terminate()
+    try:
+      self.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
+
+  def __enter__(self) -> Emulator:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.stop()
+
+
+def start_emulator(project: str = DEFAULT_PROJECT,
+                   port: int = 0,
+                   data_dir: str | None = None,
+                   log_path: str | None = None,
+                   timeout: float = 60.0) -> Emulator:
+  """Starts an emulator process and waits until it answers.
+
+  Args:
+    project: the default project id of the emulator.
+    port: the REST port; 0 picks a free one.
+    data_dir: keep the data in a DuckDB file there; in memory when None.
+    log_path: where the emulator logs; a new temporary file when None.
+    timeout: seconds to wait for the emulator to be ready.
+  """
+  port = port or _free_port()
+  if log_path is None:
+    fd, log_path = tempfile.mkstemp(prefix="bqemulator-", suffix=".log")
+    os.close(fd)
+  command = [sys.executable, "-m", "transforms.bq_emulator",
+             "--project", project, "--port", str(port)]
+  if data_dir:
+    command += ["--data-dir", str(data_dir)]
+  with open(log_path, "ab") as log:
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+  emulator = Emulator(project, port, process, log_path)
+  try:
+    _wait_ready(emulator, timeout)
+  except BaseException:
+    emulator.stop()
+    raise
+  return emulator
+
+
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def _child_env() -> dict:
+  """This environment, with this package importable whatever the cwd."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+  return env
+
+
+def _wait_ready(emulator: Emulator, timeout: float) -> None:
+  deadline = time.monotonic() + timeout
+  while True:
+    if emulator.process.poll() is not None:
+      raise RuntimeError(
+          f"bqemulator exited with code {emulator.process.returncode}, "
+          f"see {emulator.log_path}:\n{_tail(emulator.log_path)}")
+    try:
+      with urllib.request.urlopen(f"{emulator.host}/readyz", timeout=2):
+        return
+    except OSError:  # Not listening yet, or not ready (HTTP 503).
+      pass
+    if time.monotonic() > deadline:
+      raise TimeoutError(
+          f"bqemulator not ready after {timeout}s, see {emulator.log_path}")
+    time.sleep(0.1)
+
+
+def _tail(path: str, lines: int = 20) -> str:
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return "".join(f.readlines()[-lines:])
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      description="Run a local BigQuery emulator (offline) in the foreground.")
+  parser.add_argument("--project", default=DEFAULT_PROJECT)
+  parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+  parser.add_argument("--data-dir", default=None,
+                      help="keep the data in a DuckDB file in this directory")
+  args = parser.parse_args(argv)
+  serve(args.project, args.port, args.data_dir)
+
+
+if __name__ == "__main__":
+  main()

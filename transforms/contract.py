@@ -1,0 +1,250 @@
+"""The serving-log contract: parse and validate one prediction or feedback record.
+
+Pure Python, no Beam. Each parser takes the raw bytes of one record and returns
+either a normalized dict or a `Rejected` with a machine-readable reason. The
+batched readers in `transforms.readers` only accelerate the common case; this
+module stays the authority on what is valid and why a record is not.
+
+Accepted formats, detected per record:
+- our JSON contract (predictions and feedback, see README "Log contract");
+- Seldon Core v1 feedback (`/api/v1.0/feedback` body), bare or wrapped in a
+  structured-mode CloudEvent of type `io.seldon.serving.feedback`;
+- KServe inference-logger response events (structured-mode CloudEvent of type
+  `org.kubeflow.serving.inference.response`) as predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import math
+from typing import Any
+
+PREDICTION = "prediction"
+FEEDBACK = "feedback"
+
+# Dead-letter reasons (the `reason` column).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+BAD_TIMESTAMP = "bad_timestamp"
+NON_FINITE_REWARD = "non_finite_reward"
+PROPENSITY_OUT_OF_RANGE = "propensity_out_of_range"
+AMBIGUOUS_ROUTING = "ambiguous_routing"
+ORPHAN_FEEDBACK = "orphan_feedback"
+DEAD_LETTER_REASONS = (
+    INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_TIMESTAMP,
+    NON_FINITE_REWARD, PROPENSITY_OUT_OF_RANGE, AMBIGUOUS_ROUTING,
+    ORPHAN_FEEDBACK)
+
+SELDON_FEEDBACK_TYPE = "io.seldon.serving.feedback"
+KSERVE_RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+
+# Normalized columns, in order. `ts` is epoch seconds (float, UTC).
+PREDICTION_FIELDS = ("request_id", "ts", "experiment_id", "arm", "shadow")
+FEEDBACK_FIELDS = ("request_id", "ts", "reward", "experiment_id", "arm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+  """Why a record was not accepted."""
+  reason: str
+  detail: str = ""
+
+
+class _Invalid(Exception):
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(reason, detail)
+    self.rejected = Rejected(reason, detail)
+
+
+def parse_timestamp(value: Any) -> float:
+  """RFC 3339 string (with a zone offset) or epoch seconds -> epoch seconds."""
+  if isinstance(value, bool):
+    raise _Invalid(WRONG_TYPE, "timestamp")
+  if isinstance(value, (int, float)):
+    if not math.isfinite(value):
+      raise _Invalid(BAD_TIMESTAMP, "timestamp")
+    return float(value)
+  if isinstance(value, str):
+    try:
+      parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+      raise _Invalid(BAD_TIMESTAMP, "timestamp") from None
+    if parsed.tzinfo is None:
+      raise _Invalid(BAD_TIMESTAMP, "timestamp")
+    return parsed.timestamp()
+  raise _Invalid(WRONG_TYPE, "timestamp")
+
+
+def _required_str(obj: dict, field: str) -> str:
+  value = obj.get(field)
+  if value is None or value == "":
+    raise _Invalid(MISSING_FIELD, field)
+  if not isinstance(value, str):
+    raise _Invalid(WRONG_TYPE, field)
+  return value
+
+
+def _optional_str(obj: dict, field: str) -> str | None:
+  value = obj.get(field)
+  if value is None or value == "":
+    return None
+  if not isinstance(value, str):
+    raise _Invalid(WRONG_TYPE, field)
+  return value
+
+
+def _required_timestamp(obj: dict, field: str = "timestamp") -> float:
+  value = obj.get(field)
+  if value is None:
+    raise _Invalid(MISSING_FIELD, "timestamp")
+  return parse_timestamp(value)
+
+
+def _number(value: Any, field: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise _Invalid(WRONG_TYPE, field)
+  return float(value)
+
+
+def _reward(obj: dict) -> float:
+  value = obj.get("reward")
+  if value is None:
+    raise _Invalid(MISSING_FIELD, "reward")
+  reward = _number(value, "reward")
+  if not math.isfinite(reward):
+    raise _Invalid(NON_FINITE_REWARD, "reward")
+  return reward
+
+
+def _load_object(raw: bytes | str) -> dict:
+  try:
+    obj = json.loads(raw)
+  except (ValueError, UnicodeDecodeError):
+    raise _Invalid(INVALID_JSON) from None
+  if not isinstance(obj, dict):
+    raise _Invalid(NOT_AN_OBJECT)
+  return obj
+
+
+def _contract_prediction(obj: dict) -> dict:
+  request_id = _required_str(obj, "request_id")
+  ts = _required_timestamp(obj)
+  experiment_id = _required_str(obj, "experiment_id")
+  arm = _required_str(obj, "arm")
+  _optional_str(obj, "policy")
+  propensity = obj.get("propensity")
+  if propensity is not None:
+    propensity = _number(propensity, "propensity")
+    if not 0.0 < propensity <= 1.0:
+      raise _Invalid(PROPENSITY_OUT_OF_RANGE, "propensity")
+  shadow = obj.get("shadow")
+  if shadow is None:
+    shadow = False
+  elif not isinstance(shadow, bool):
+    raise _Invalid(WRONG_TYPE, "shadow")
+  return dict(request_id=request_id, ts=ts, experiment_id=experiment_id,
+              arm=arm, shadow=shadow)
+
+
+def _kserve_prediction(event: dict) -> dict:
+  """A KServe logger response event: the service is the experiment, the
+  endpoint (default or canary) the arm."""
+  request_id = _required_str(event, "id")
+  ts = _required_timestamp(event, "time")
+  experiment_id = _required_str(event, "inferenceservicename")
+  arm = _optional_str(event, "endpoint") or _optional_str(event, "component")
+  if arm is None:
+    raise _Invalid(MISSING_FIELD, "arm")
+  return dict(request_id=request_id, ts=ts, experiment_id=experiment_id,
+              arm=arm, shadow=False)
+
+
+def _contract_feedback(obj: dict) -> dict:
+  return dict(request_id=_required_str(obj, "request_id"),
+              ts=_required_timestamp(obj),
+              reward=_reward(obj),
+              experiment_id=_optional_str(obj, "experiment_id"),
+              arm=_optional_str(obj, "arm"))
+
+
+def _seldon_feedback(body: dict, ts: float) -> dict:
+  response = body.get("response")
+  meta = response.get("meta") if isinstance(response, dict) else None
+  if not isinstance(meta, dict):
+    raise _Invalid(MISSING_FIELD, "response.meta")
+  request_id = _required_str(meta, "puid")
+  routing = meta.get("routing")
+  if not isinstance(routing, dict) or not routing:
+    raise _Invalid(MISSING_FIELD, "response.meta.routing")
+  routes = {name: branch for name, branch in routing.items()
+            if isinstance(branch, int) and not isinstance(branch, bool)
+            and branch >= 0}
+  if not routes:
+    raise _Invalid(WRONG_TYPE, "response.meta.routing")
+  if len(routes) > 1:
+    raise _Invalid(AMBIGUOUS_ROUTING, ",".join(sorted(routes)))
+  (router, branch), = routes.items()
+  return dict(request_id=request_id, ts=ts, reward=_reward(body),
+              experiment_id=router, arm=str(branch))
+
+
+def _is_cloud_event(obj: dict) -> bool:
+  return "specversion" in obj and "data" in obj
+
+
+def parse_prediction(raw: bytes | str) -> dict | Rejected:
+  """One prediction record -> normalized dict (PREDICTION_FIELDS) or Rejected."""
+  try:
+    obj = _load_object(raw)
+    if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
+      return _kserve_prediction(obj)
+    return _contract_prediction(obj)
+  except _Invalid as invalid:
+    return invalid.rejected
+
+
+def parse_feedback(raw: bytes | str) -> dict | Rejected:
+  """One feedback record -> normalized dict (FEEDBACK_FIELDS) or Rejected."""
+  try:
+    obj = _load_object(raw)
+    if _is_cloud_event(obj):
+      data = obj["data"]
+      if not isinstance(data, dict):
+        raise _Invalid(WRONG_TYPE, "data")
+      return _seldon_feedback(data, _required_timestamp(obj, "time"))
+    if "response" in obj and "request_id" not in obj:
+      # A bare Seldon Feedback carries no time of its own; log shippers add one.
+      return _seldon_feedback(obj, _required_timestamp(obj))
+    return _contract_feedback(obj)
+  except _Invalid as invalid:
+    return invalid.rejected
+
+
+PARSERS = {PREDICTION: parse_prediction, FEEDBACK: parse_feedback}
+
+
+def pseudonymize(value: str, key: bytes) -> str:
+  """Keyed hash of an identifier (HMAC-SHA256, hex): stable, not reversible."""
+  return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def redact_raw(raw: str, key: bytes | None) -> str:
+  """The raw record as stored in the dead-letter table: `user_id` pseudonymized
+  when a key is configured (unparseable records are kept as they are)."""
+  if key is None or "user_id" not in raw:
+    return raw
+  try:
+    obj = json.loads(raw)
+  except ValueError:
+    return raw
+  if isinstance(obj, dict) and isinstance(obj.get("user_id"), str):
+    obj["user_id"] = pseudonymize(obj["user_id"], key)
+    return json.dumps(obj, separators=(",", ":"))
+  return raw

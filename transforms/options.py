@@ -1,0 +1,136 @@
+"""Every pipeline option, declared once.
+
+Each pipeline's `PipelineOptions` class adds its groups of `Option`s; the Flex
+Template metadata and the Airflow DAG parameters are generated from the same
+declarations (see `templates/`), so a renamed option fails a test instead of a
+scheduled run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any, Callable
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+GCS_OR_LOCAL_PATH = r"^(gs://|/|\.|[A-Za-z0-9_]).*"
+DATASET_REGEX = r"^[A-Za-z0-9_.:-]+:[A-Za-z0-9_]+$|^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+$"
+DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One command-line / template parameter."""
+  name: str
+  help: str
+  label: str
+  type: Callable = str
+  default: Any = None
+  choices: tuple | None = None
+  param_type: str | None = None  # Flex Template paramType, e.g. GCS_READ_FILE
+  regexes: tuple = ()
+  action: str | None = None  # argparse action, e.g. "append" for repeatable
+
+  @property
+  def is_optional(self) -> bool:
+    return True  # Pipelines validate combinations themselves; see validate_*.
+
+  def add_to(self, parser) -> None:
+    kwargs = {"help": self.help, "default": self.default}
+    if self.action:
+      kwargs["action"] = self.action
+    else:
+      kwargs["type"] = self.type
+    if self.choices:
+      kwargs["choices"] = self.choices
+    parser.add_argument(f"--{self.name}", **kwargs)
+
+
+def today() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
+OUTPUT_OPTIONS = (
+    Option("output_dataset",
+           "BigQuery dataset PROJECT:DATASET to write the tables into.",
+           "Output BigQuery dataset", param_type="TEXT",
+           regexes=(DATASET_REGEX,)),
+    Option("output_dir",
+           "Directory (local or gs://) for the same tables as JSON lines "
+           "(DIR/<table>*.jsonl).", "Output directory",
+           param_type="GCS_WRITE_FOLDER"),
+    Option("bigquery_emulator_host",
+           "Local BigQuery emulator endpoint (http://HOST:PORT); writes with "
+           "streaming inserts into pre-created tables.",
+           "BigQuery emulator endpoint"),
+    Option("bigquery_write_method",
+           "How rows reach BigQuery: FILE_LOADS (truncates the run's day "
+           "partition, idempotent) or STREAMING_INSERTS. Default: FILE_LOADS, "
+           "or STREAMING_INSERTS with the emulator.",
+           "BigQuery write method",
+           choices=("FILE_LOADS", "STREAMING_INSERTS")),
+    Option("run_id", "Identifier of this run (default: derived from the "
+           "partition date and the time of launch).", "Run id"),
+    Option("partition_date",
+           "Day partition (YYYY-MM-DD) this run owns in every table; a re-run "
+           "replaces it. Default: today (UTC).", "Partition date",
+           regexes=(DATE_REGEX,)),
+    Option("pseudonymize_key_env",
+           "Name of an environment variable holding a key: user_id in "
+           "dead-lettered raw records is replaced by its keyed hash.",
+           "Pseudonymization key variable"),
+)
+
+ATTRIBUTION_OPTIONS = (
+    Option("attribution_window_s",
+           "Feedback later than this many seconds after its prediction does "
+           "not count.", "Attribution window (s)", type=float,
+           default=86400.0, regexes=(r"^[0-9.]+$",)),
+    Option("reward_reduce",
+           "How duplicate feedback for one request becomes one reward.",
+           "Duplicate feedback reduction", default="max",
+           choices=("max", "sum", "first", "last")),
+    Option("missing_reward",
+           "A prediction with no counted feedback: reward 0 (zero) or left "
+           "out of the arm's denominator (ignore).", "Missing reward",
+           default="zero", choices=("zero", "ignore")),
+)
+
+STATISTICS_OPTIONS = (
+    Option("control_arm",
+           "Arm the others are compared with (default: the arm with the most "
+           "impressions).", "Control arm"),
+    Option("expected_allocation",
+           "Expected traffic split for the sample-ratio check, "
+           "arm=weight,... (default: equal).", "Expected allocation",
+           regexes=(r"^([^=,]+=[0-9.]+)(,[^=,]+=[0-9.]+)*$",)),
+    Option("traffic_floor",
+           "Minimum traffic share per arm in the recommended router split.",
+           "Traffic floor", type=float, default=0.0,
+           regexes=(r"^[0-9.]+$",)),
+)
+
+
+def add_options(parser, options) -> None:
+  for option in options:
+    option.add_to(parser)
+
+
+def parse_allocation(text: str | None) -> dict[str, float] | None:
+  """"a=1,b=2" -> {"a": 1.0, "b": 2.0}."""
+  if not text:
+    return None
+  allocation = {}
+  for part in text.split(","):
+    arm, _, weight = part.partition("=")
+    allocation[arm.strip()] = float(weight)
+  return allocation
+
+
+class OutputPipelineOptions(PipelineOptions):
+  """Where the tables go."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, OUTPUT_OPTIONS)

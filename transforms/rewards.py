@@ -1,0 +1,227 @@
+"""Attribute feedback to predictions and pre-aggregate rewards per arm, batch-wise.
+
+Pure (numpy and pyarrow, no Beam). `attribute` takes every prediction and
+feedback record of a set of request ids (one join shard) as Arrow tables and
+returns per-arm partial accumulators, outcome counts and orphan feedback. The
+per-arm accumulators merge associatively, so Beam combines them per arm.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms import contract
+
+REDUCERS = ("max", "sum", "first", "last")
+MISSING_REWARD_MODES = ("zero", "ignore")
+
+# Outcome metrics (data_quality.metric) besides read/parsed/dead-letter counts.
+COUNTED = "counted"
+DUPLICATE = "duplicate"
+LATE = "late"
+SHADOW = "shadow"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributionConfig:
+  """How feedback becomes a reward (see README, "Semantics")."""
+  attribution_window_s: float = 86400.0
+  reward_reduce: str = "max"
+  missing_reward: str = "zero"
+  with_predictions: bool = True
+
+  def __post_init__(self):
+    if self.reward_reduce not in REDUCERS:
+      raise ValueError(f"reward_reduce must be one of {REDUCERS}")
+    if self.missing_reward not in MISSING_REWARD_MODES:
+      raise ValueError(f"missing_reward must be one of {MISSING_REWARD_MODES}")
+    if self.attribution_window_s < 0:
+      raise ValueError("attribution_window_s must be >= 0")
+
+
+class ArmAccumulator(NamedTuple):
+  """Mergeable per-arm totals."""
+  impressions: int = 0
+  feedback_count: int = 0
+  samples: int = 0
+  reward_sum: float = 0.0
+  reward_sq_sum: float = 0.0
+  non_binary: int = 0
+  ts_min: float = float("inf")
+  ts_max: float = float("-inf")
+
+  def merge(self, other: "ArmAccumulator") -> "ArmAccumulator":
+    return ArmAccumulator(
+        self.impressions + other.impressions,
+        self.feedback_count + other.feedback_count,
+        self.samples + other.samples,
+        self.reward_sum + other.reward_sum,
+        self.reward_sq_sum + other.reward_sq_sum,
+        self.non_binary + other.non_binary,
+        min(self.ts_min, other.ts_min),
+        max(self.ts_max, other.ts_max))
+
+
+def merge_all(accumulators) -> ArmAccumulator:
+  total = ArmAccumulator()
+  for accumulator in accumulators:
+    total = total.merge(accumulator)
+  return total
+
+
+class Attribution(NamedTuple):
+  """The result of attributing one shard."""
+  partials: list  # [((experiment_id, arm), ArmAccumulator)]
+  counts: dict  # {(record_type, metric): int}
+  orphans: list  # [(raw, source_file, contract.Rejected)]
+
+
+def _numpy(column) -> np.ndarray:
+  return column.to_numpy(zero_copy_only=False)
+
+
+def _array(column) -> pa.Array:
+  return column.combine_chunks() if isinstance(column,
+                                               pa.ChunkedArray) else column
+
+
+def _reduce_groups(codes: np.ndarray, ts: np.ndarray, rewards: np.ndarray,
+                   how: str):
+  """Reduce rewards per code (ordered by time): (group codes, group rewards)."""
+  if len(codes) == 0:
+    return codes, rewards, codes
+  order = np.lexsort((ts, codes))
+  codes, rewards = codes[order], rewards[order]
+  starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+  if how == "max":
+    reduced = np.maximum.reduceat(rewards, starts)
+  elif how == "sum":
+    reduced = np.add.reduceat(rewards, starts)
+  elif how == "first":
+    reduced = rewards[starts]
+  else:
+    reduced = rewards[np.r_[starts[1:], len(codes)] - 1]
+  return codes[starts], reduced, order[starts]
+
+
+def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
+             ts: np.ndarray, missing_reward: str) -> list:
+  """Pre-aggregate impressions (one per row) into per-arm accumulators."""
+  if len(ts) == 0:
+    return []
+  experiments = pc.dictionary_encode(_array(experiment_ids))
+  arm_codes = pc.dictionary_encode(_array(arms))
+  n_arms = len(arm_codes.dictionary)
+  pair = (_numpy(experiments.indices).astype(np.int64) * n_arms +
+          _numpy(arm_codes.indices))
+  pairs, group = np.unique(pair, return_inverse=True)
+  n_groups = len(pairs)
+  rewards = np.where(rewarded, rewards, 0.0)
+  non_binary = rewarded & (rewards != 0.0) & (rewards != 1.0)
+  impressions = np.bincount(group, minlength=n_groups)
+  feedback = np.bincount(group, weights=rewarded, minlength=n_groups)
+  sums = np.bincount(group, weights=rewards, minlength=n_groups)
+  squares = np.bincount(group, weights=rewards * rewards, minlength=n_groups)
+  odd = np.bincount(group, weights=non_binary, minlength=n_groups)
+  ts_min = np.full(n_groups, np.inf)
+  ts_max = np.full(n_groups, -np.inf)
+  np.minimum.at(ts_min, group, ts)
+  np.maximum.at(ts_max, group, ts)
+  samples = impressions if missing_reward == "zero" else feedback
+  partials = []
+  experiment_names = experiments.dictionary.to_pylist()
+  arm_names = arm_codes.dictionary.to_pylist()
+  for i, key in enumerate(pairs):
+    name = (experiment_names[key // n_arms], arm_names[key % n_arms])
+    partials.append((name, ArmAccumulator(
+        int(impressions[i]), int(feedback[i]), int(samples[i]),
+        float(sums[i]), float(squares[i]), int(odd[i]),
+        float(ts_min[i]), float(ts_max[i]))))
+  return partials
+
+
+def _encode_request_ids(predictions: pa.Table, feedback: pa.Table):
+  ids = pa.chunked_array(predictions["request_id"].chunks +
+                         feedback["request_id"].chunks, pa.string())
+  encoded = pc.dictionary_encode(ids.combine_chunks())
+  codes = _numpy(encoded.indices).astype(np.int64)
+  return (codes[:predictions.num_rows], codes[predictions.num_rows:],
+          len(encoded.dictionary))
+
+
+def attribute(predictions: pa.Table, feedback: pa.Table,
+              config: AttributionConfig) -> Attribution:
+  """Join feedback to predictions by request_id and aggregate per arm."""
+  counts = collections.Counter()
+  predictions = predictions.take(
+      np.argsort(_numpy(predictions["ts"]), kind="stable"))
+  p_codes, f_codes, n_keys = _encode_request_ids(predictions, feedback)
+  f_ts = _numpy(feedback["ts"])
+  f_reward = _numpy(feedback["reward"])
+  orphans = []
+
+  if config.with_predictions:
+    n_pred = predictions.num_rows
+    first_row = np.full(n_keys, -1, dtype=np.int64)
+    first_row[p_codes[::-1]] = np.arange(n_pred)[::-1]
+    is_first = first_row[p_codes] == np.arange(n_pred)
+    shadow = _numpy(predictions["shadow"]).astype(bool)
+    counts[(contract.PREDICTION, DUPLICATE)] += int(n_pred - is_first.sum())
+    counts[(contract.PREDICTION, SHADOW)] += int((is_first & shadow).sum())
+    counts[(contract.PREDICTION, COUNTED)] += int((is_first & ~shadow).sum())
+
+    f_row = first_row[f_codes]
+    matched = f_row >= 0
+    safe_row = np.where(matched, f_row, 0)
+    on_shadow = matched & shadow[safe_row] if n_pred else matched
+    p_ts = _numpy(predictions["ts"])
+    delay = f_ts - (p_ts[safe_row] if n_pred else 0.0)
+    late = matched & ~on_shadow & (delay > config.attribution_window_s)
+    eligible = matched & ~on_shadow & ~late
+    counts[(contract.FEEDBACK, SHADOW)] += int(on_shadow.sum())
+    counts[(contract.FEEDBACK, LATE)] += int(late.sum())
+    unmatched = np.flatnonzero(~matched)
+    reason = contract.Rejected(contract.ORPHAN_FEEDBACK, "request_id")
+  else:
+    has_arm = pc.and_(pc.is_valid(feedback["experiment_id"]),
+                      pc.is_valid(feedback["arm"]))
+    eligible = _numpy(has_arm).astype(bool)
+    unmatched = np.flatnonzero(~eligible)
+    missing = pc.if_else(pc.is_valid(feedback["experiment_id"]), "arm",
+                         "experiment_id")
+    reason = None
+
+  for i in unmatched:
+    why = reason or contract.Rejected(contract.MISSING_FIELD,
+                                      missing[int(i)].as_py())
+    orphans.append((feedback["raw"][int(i)].as_py(),
+                    feedback["source_file"][int(i)].as_py(), why))
+
+  rows = np.flatnonzero(eligible)
+  group_codes, group_rewards, group_rows = _reduce_groups(
+      f_codes[rows], f_ts[rows], f_reward[rows], config.reward_reduce)
+  counts[(contract.FEEDBACK, COUNTED)] += len(group_codes)
+  counts[(contract.FEEDBACK, DUPLICATE)] += len(rows) - len(group_codes)
+
+  if config.with_predictions:
+    reward_of_code = np.full(n_keys, np.nan)
+    reward_of_code[group_codes] = group_rewards
+    served = np.flatnonzero(is_first & ~shadow)
+    rewards = reward_of_code[p_codes[served]]
+    partials = _per_arm(predictions["experiment_id"].take(served),
+                        predictions["arm"].take(served), ~np.isnan(rewards),
+                        rewards, p_ts[served], config.missing_reward)
+  else:
+    # Without predictions every deduplicated feedback is its own impression.
+    first = rows[group_rows]
+    partials = _per_arm(feedback["experiment_id"].take(first),
+                        feedback["arm"].take(first),
+                        np.ones(len(first), dtype=bool), group_rewards,
+                        f_ts[first], config.missing_reward)
+  return Attribution(partials, dict(counts), orphans)

@@ -1,0 +1,139 @@
+"""Every output table, defined once: BigQuery schemas, partitioning, clustering.
+
+The BigQuery sink, the local emulator set-up, the JSONL sink and the docs all
+derive from `TABLES`. Pure Python, no Beam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+def format_timestamp(epoch_seconds: float | None) -> str | None:
+  """Epoch seconds -> the TIMESTAMP text both BigQuery and JSON readers take."""
+  if epoch_seconds is None:
+    return None
+  moment = datetime.datetime.fromtimestamp(epoch_seconds, datetime.timezone.utc)
+  return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# Every table carries these: the run that wrote the row, when, and the day
+# partition the run owns (re-running a day replaces that partition).
+RUN_FIELDS = (
+    ("run_id", "STRING", "REQUIRED"),
+    ("computed_at", "TIMESTAMP", "REQUIRED"),
+    ("partition_date", "DATE", "REQUIRED"),
+)
+
+ARM_STATS_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("arm", "STRING", "REQUIRED"),
+    ("window_start", "TIMESTAMP", "NULLABLE"),
+    ("window_end", "TIMESTAMP", "NULLABLE"),
+    ("impressions", "INT64", "REQUIRED"),
+    ("feedback_count", "INT64", "REQUIRED"),
+    ("samples", "INT64", "REQUIRED"),
+    ("reward_sum", "FLOAT64", "REQUIRED"),
+    ("reward_sq_sum", "FLOAT64", "REQUIRED"),
+    ("reward_mean", "FLOAT64", "NULLABLE"),
+    ("reward_type", "STRING", "NULLABLE"),
+    ("ci_low", "FLOAT64", "NULLABLE"),
+    ("ci_high", "FLOAT64", "NULLABLE"),
+    ("posterior_alpha", "FLOAT64", "NULLABLE"),
+    ("posterior_beta", "FLOAT64", "NULLABLE"),
+    ("prob_best", "FLOAT64", "NULLABLE"),
+    ("expected_loss", "FLOAT64", "NULLABLE"),
+    ("control_arm", "STRING", "NULLABLE"),
+    ("lift", "FLOAT64", "NULLABLE"),
+    ("lift_ci_low", "FLOAT64", "NULLABLE"),
+    ("lift_ci_high", "FLOAT64", "NULLABLE"),
+    ("p_value", "FLOAT64", "NULLABLE"),
+    ("p_value_adj", "FLOAT64", "NULLABLE"),
+    ("seq_p_value", "FLOAT64", "NULLABLE"),
+    ("seq_ci_low", "FLOAT64", "NULLABLE"),
+    ("seq_ci_high", "FLOAT64", "NULLABLE"),
+    ("srm_p_value", "FLOAT64", "NULLABLE"),
+    ("srm_alert", "BOOL", "NULLABLE"),
+) + RUN_FIELDS
+
+DEAD_LETTER_FIELDS = (
+    ("record_type", "STRING", "REQUIRED"),
+    ("source_file", "STRING", "NULLABLE"),
+    ("reason", "STRING", "REQUIRED"),
+    ("detail", "STRING", "NULLABLE"),
+    ("raw", "STRING", "NULLABLE"),
+) + RUN_FIELDS
+
+DATA_QUALITY_FIELDS = (
+    ("record_type", "STRING", "REQUIRED"),
+    ("metric", "STRING", "REQUIRED"),
+    ("count", "INT64", "REQUIRED"),
+) + RUN_FIELDS
+
+ROUTER_ARM_FIELDS = (
+    ("arm", "STRING", "REQUIRED"),
+    ("tries", "INT64", "REQUIRED"),
+    ("successes", "FLOAT64", "REQUIRED"),
+    ("value", "FLOAT64", "NULLABLE"),
+    ("alpha", "FLOAT64", "NULLABLE"),
+    ("beta", "FLOAT64", "NULLABLE"),
+    ("prob_best", "FLOAT64", "NULLABLE"),
+    ("traffic_share", "FLOAT64", "NULLABLE"),
+)
+
+ROUTER_STATE_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("reward_type", "STRING", "NULLABLE"),
+    ("best_arm", "STRING", "NULLABLE"),
+    ("window_start", "TIMESTAMP", "NULLABLE"),
+    ("window_end", "TIMESTAMP", "NULLABLE"),
+    ("arms", ROUTER_ARM_FIELDS, "REPEATED"),
+) + RUN_FIELDS
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One output table: its fields and how BigQuery lays it out."""
+  name: str
+  fields: tuple
+  description: str
+  partition_field: str = "partition_date"
+  clustering: tuple = ()
+
+  @property
+  def columns(self) -> tuple:
+    return tuple(name for name, _, _ in self.fields)
+
+  def beam_schema(self) -> dict:
+    """The schema as `beam.io.WriteToBigQuery` takes it."""
+    return {"fields": [_beam_field(f) for f in self.fields]}
+
+  def additional_bq_parameters(self) -> dict:
+    params = {"timePartitioning": {"type": "DAY", "field": self.partition_field}}
+    if self.clustering:
+      params["clustering"] = {"fields": list(self.clustering)}
+    return params
+
+
+def _beam_field(field) -> dict:
+  name, kind, mode = field
+  if isinstance(kind, tuple):
+    return {"name": name, "type": "RECORD", "mode": mode,
+            "fields": [_beam_field(f) for f in kind]}
+  return {"name": name, "type": kind, "mode": mode}
+
+
+ARM_STATS = Table("arm_stats", ARM_STATS_FIELDS,
+                  "Per-arm rewards and decision statistics of each experiment.",
+                  clustering=("experiment_id",))
+DEAD_LETTER = Table("dead_letter", DEAD_LETTER_FIELDS,
+                    "Records that could not be used, with the raw record and why.",
+                    clustering=("record_type", "reason"))
+DATA_QUALITY = Table("data_quality", DATA_QUALITY_FIELDS,
+                     "Record counts per outcome: read, counted, late, duplicate...",
+                     clustering=("record_type",))
+ROUTER_STATE = Table("router_state", ROUTER_STATE_FIELDS,
+                     "Bandit router state per experiment, to continue from.",
+                     clustering=("experiment_id",))
+
+TABLES = {t.name: t for t in (ARM_STATS, DEAD_LETTER, DATA_QUALITY, ROUTER_STATE)}

@@ -1,0 +1,168 @@
+"""Write output tables: BigQuery through `WriteToBigQuery`, and/or JSON lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+
+from transforms import contract
+from transforms import options as opts
+from transforms import schemas
+
+INSERT_FAILED = "bigquery_insert_failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+  """Where the tables of one run go, and the run fields stamped on every row."""
+  run_id: str
+  partition_date: str
+  output_dir: str | None = None
+  project: str | None = None
+  dataset: str | None = None
+  emulator_host: str | None = None
+  write_method: str | None = None
+  streaming: bool = False
+  pseudonymize_key_env: str | None = None
+
+  @classmethod
+  def from_options(cls, pipeline_options) -> "OutputConfig":
+    output = pipeline_options.view_as(opts.OutputPipelineOptions)
+    standard = pipeline_options.view_as(
+        beam.options.pipeline_options.StandardOptions)
+    if not output.output_dir and not output.output_dataset:
+      raise ValueError("give --output_dir and/or --output_dataset")
+    project = dataset = None
+    if output.output_dataset:
+      project, _, dataset = output.output_dataset.replace(".", ":",
+                                                          1).partition(":")
+    partition_date = output.partition_date or opts.today()
+    run_id = output.run_id or f"{partition_date}-{uuid.uuid4().hex[:8]}"
+    return cls(run_id=run_id, partition_date=partition_date,
+               output_dir=output.output_dir, project=project, dataset=dataset,
+               emulator_host=output.bigquery_emulator_host,
+               write_method=output.bigquery_write_method,
+               streaming=bool(standard.streaming),
+               pseudonymize_key_env=output.pseudonymize_key_env)
+
+  @property
+  def method(self) -> str:
+    if self.write_method:
+      return self.write_method
+    if self.emulator_host or self.streaming:
+      return "STREAMING_INSERTS"
+    return "FILE_LOADS"
+
+  def run_fields(self) -> dict:
+    return {"run_id": self.run_id, "partition_date": self.partition_date,
+            "computed_at": schemas.format_timestamp(
+                datetime.datetime.now(datetime.timezone.utc).timestamp())}
+
+
+class _StampRun(beam.DoFn):
+
+  def __init__(self, config: OutputConfig, table: schemas.Table):
+    self._config = config
+    self._columns = table.columns
+
+  def process(self, row):
+    stamped = {**row, **self._config.run_fields()}
+    yield {column: stamped.get(column) for column in self._columns}
+
+
+class WriteTable(beam.PTransform):
+  """Rows of one table -> BigQuery and/or DIR/<table>*.jsonl.
+
+  Returns the rows BigQuery refused, as dead-letter rows (empty without BigQuery).
+  """
+
+  def __init__(self, table: schemas.Table, config: OutputConfig):
+    super().__init__()
+    self._table = table
+    self._config = config
+
+  def expand(self, rows):
+    stamped = rows | "StampRun" >> beam.ParDo(_StampRun(self._config,
+                                                         self._table))
+    if self._config.output_dir:
+      _ = (stamped
+           | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
+           | "WriteJsonl" >> beam.io.WriteToText(
+               f"{self._config.output_dir.rstrip('/')}/{self._table.name}",
+               file_name_suffix=".jsonl"))
+    if not self._config.dataset:
+      return rows.pipeline | "NoFailedRows" >> beam.Create([])
+    result = stamped | "WriteBigQuery" >> self._bigquery_write()
+    if self._config.method != "STREAMING_INSERTS":
+      return rows.pipeline | "NoFailedRows" >> beam.Create([])
+    return (result.failed_rows_with_errors
+            | "FailedToDeadLetter" >> beam.Map(self._failed_row))
+
+  def _bigquery_write(self):
+    config, table = self._config, self._table
+    table_ref = f"{config.project}:{config.dataset}.{table.name}"
+    common = dict(schema=table.beam_schema(),
+                  additional_bq_parameters=table.additional_bq_parameters())
+    if config.emulator_host:
+      from transforms import bigquery  # Only local runs need the emulator client.
+      return beam.io.WriteToBigQuery(
+          table_ref, method="STREAMING_INSERTS",
+          create_disposition="CREATE_NEVER", write_disposition="WRITE_APPEND",
+          insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+          test_client=bigquery.EmulatorClient(config.project,
+                                              config.emulator_host), **common)
+    if config.method == "STREAMING_INSERTS":
+      return beam.io.WriteToBigQuery(
+          table_ref, method="STREAMING_INSERTS",
+          create_disposition="CREATE_IF_NEEDED",
+          write_disposition="WRITE_APPEND",
+          insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+          **common)
+    # A load job into the run's day partition, truncating it: re-runs replace.
+    partition = config.partition_date.replace("-", "")
+    return beam.io.WriteToBigQuery(
+        f"{table_ref}${partition}", method="FILE_LOADS",
+        create_disposition="CREATE_IF_NEEDED",
+        write_disposition="WRITE_TRUNCATE", **common)
+
+  def _failed_row(self, failed):
+    _, row, *errors = failed
+    return {"record_type": self._table.name, "source_file": None,
+            "reason": INSERT_FAILED, "detail": json.dumps(errors, default=str),
+            "raw": json.dumps(row, sort_keys=True, default=str)}
+
+
+class _Redact(beam.DoFn):
+
+  def __init__(self, key_env: str):
+    self._key_env = key_env
+    self._key = None
+
+  def setup(self):
+    # Read in the worker: the key never enters the pickled pipeline graph.
+    value = os.environ.get(self._key_env)
+    if not value:
+      raise ValueError(f"${self._key_env} is not set")
+    self._key = value.encode("utf-8")
+
+  def process(self, row):
+    yield {**row, "raw": contract.redact_raw(row["raw"], self._key)}
+
+
+class RedactDeadLetters(beam.PTransform):
+  """Pseudonymize user_id inside dead-lettered raw records when a key is configured."""
+
+  def __init__(self, key_env: str | None):
+    super().__init__()
+    self._key_env = key_env
+
+  def expand(self, rows):
+    if not self._key_env:
+      return rows
+    return rows | "Redact" >> beam.ParDo(_Redact(self._key_env))
