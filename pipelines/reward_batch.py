@@ -163,6 +163,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   if not inputs.feedback:
     raise ValueError("--feedback is required")
   output = sinks.OutputConfig.from_options(pipeline_options)
+  sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
+                                replace_partition=True)
   _ = (pipeline
        | "RewardAggregation" >> RewardAggregation(
            inputs.predictions, inputs.feedback,

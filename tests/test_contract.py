@@ -165,3 +165,14 @@ def test_one_bad_record_sends_its_block_to_the_contract():
   assert result.table.num_rows == 3
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.WRONG_TYPE, "arm")]
+
+
+def test_a_bad_record_costs_only_its_part_of_a_large_block():
+  lines = [prediction(request_id=f"r{i}").encode() for i in range(4000)]
+  lines[1234] = b"{broken"
+  result = batches.parse_json_block(lines, contract.PREDICTION, "f.jsonl")
+  assert result.table.num_rows == 3999
+  assert [r.reason for _, r in result.rejected] == [contract.INVALID_JSON]
+  assert result.fast_rows >= 4000 - batches.MIN_FAST_LINES
+  assert result.table["request_id"].to_pylist() == [
+      f"r{i}" for i in range(4000) if i != 1234]

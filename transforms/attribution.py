@@ -27,12 +27,12 @@ class _ShardByRequest(beam.DoFn):
         (zlib.crc32(rid.encode()) for rid in table["request_id"].to_pylist()),
         np.uint32, table.num_rows) % self._num_shards
     order = np.argsort(shard, kind="stable")
-    ordered = table.take(order)
     bounds = np.searchsorted(shard[order], np.arange(self._num_shards + 1))
     for s in range(self._num_shards):
       if bounds[s + 1] > bounds[s]:
+        # `take` copies: a slice would drag the whole table into each shard.
         yield int(s), (self._record_type,
-                       ordered.slice(bounds[s], bounds[s + 1] - bounds[s]))
+                       table.take(order[bounds[s]:bounds[s + 1]]))
 
 
 class _AttributeShard(beam.DoFn):

@@ -52,16 +52,29 @@ _JSON_FIELDS = {
                         ("experiment_id", pa.string()), ("arm", pa.string())],
 }
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
+# pyarrow parses a block's 1 MiB chunks on parallel threads.
+_READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 20, use_threads=True)
+
+
+# A block that fails the fast path is retried in this many parts, down to
+# parts of MIN_FAST_LINES lines; only the parts that still fail are parsed
+# record by record.
+FAST_SPLIT = 16
+MIN_FAST_LINES = 256
 
 
 class BlockResult:
   """What one block yields: the valid records and the rejected ones."""
-  __slots__ = ("table", "rejected", "fast")
+  __slots__ = ("table", "rejected", "fast_rows")
 
-  def __init__(self, table: pa.Table, rejected: list, fast: bool):
+  def __init__(self, table: pa.Table, rejected: list, fast_rows: int):
     self.table = table
     self.rejected = rejected  # [(raw: str, contract.Rejected)]
-    self.fast = fast
+    self.fast_rows = fast_rows  # rows that took the vectorized path
+
+  @property
+  def fast(self) -> bool:
+    return self.fast_rows == self.table.num_rows and not self.rejected
 
 
 def split_lines(block: bytes) -> list[bytes]:
@@ -77,8 +90,15 @@ def parse_json_block(lines: list[bytes], record_type: str,
     normalized = _normalize(table, record_type)
     if normalized is not None:
       return BlockResult(_finish(normalized, record_type, lines, source_file),
-                         [], True)
-  return _slow(lines, record_type, source_file)
+                         [], len(lines))
+  if len(lines) <= MIN_FAST_LINES:
+    return _slow(lines, record_type, source_file)
+  step = -(-len(lines) // FAST_SPLIT)
+  parts = [parse_json_block(lines[i:i + step], record_type, source_file)
+           for i in range(0, len(lines), step)]
+  return BlockResult(pa.concat_tables([part.table for part in parts]),
+                     [r for part in parts for r in part.rejected],
+                     sum(part.fast_rows for part in parts))
 
 
 def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
@@ -92,7 +112,7 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
     if record_type == contract.FEEDBACK:
       raws = [_row_json(row) for row in table.to_pylist()]
     return BlockResult(_finish(normalized, record_type, raws, source_file),
-                       [], True)
+                       [], table.num_rows)
   return _slow([_row_json(row) for row in table.to_pylist()], record_type,
                source_file)
 
@@ -121,7 +141,8 @@ def _fast_json(lines: list[bytes], record_type: str) -> pa.Table | None:
     options = pa_json.ParseOptions(explicit_schema=schema,
                                    unexpected_field_behavior="ignore")
     try:
-      table = pa_json.read_json(io.BytesIO(data), parse_options=options)
+      table = pa_json.read_json(io.BytesIO(data), read_options=_READ_OPTIONS,
+                                parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       continue
     if table.num_rows == len(lines):
@@ -235,4 +256,4 @@ def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
       parsed["source_file"] = source_file
     rows.append(parsed)
   table = pa.Table.from_pylist(rows, schema=SCHEMAS[record_type])
-  return BlockResult(table, rejected, False)
+  return BlockResult(table, rejected, 0)

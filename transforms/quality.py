@@ -37,8 +37,8 @@ def emit_block(record_type: str, source_file: str, result, read: int):
     yield pvalue.TaggedOutput(
         DEAD_LETTER, dead_letter(record_type, source_file, raw, rejected))
   counts = {READ: read, PARSED: result.table.num_rows}
-  if result.fast:
-    counts[FAST_PATH] = result.table.num_rows
+  if result.fast_rows:
+    counts[FAST_PATH] = result.fast_rows
   for _, rejected in result.rejected:
     metric = dead_letter_metric(rejected.reason)
     counts[metric] = counts.get(metric, 0) + 1

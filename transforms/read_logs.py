@@ -13,7 +13,7 @@ from transforms import contract
 from transforms import quality
 
 SPLIT_BYTES = 64 << 20
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 16 << 20
 PARQUET_BATCH_ROWS = 8192
 
 

@@ -166,3 +166,18 @@ class RedactDeadLetters(beam.PTransform):
     if not self._key_env:
       return rows
     return rows | "Redact" >> beam.ParDo(_Redact(self._key_env))
+
+
+def prepare_emulator_tables(config: OutputConfig, tables,
+                            replace_partition: bool) -> None:
+  """Local emulator only: create the tables (Beam writes with CREATE_NEVER) and,
+  for a batch run, empty the run's day partition so a re-run replaces it."""
+  if not (config.emulator_host and config.dataset):
+    return
+  from transforms import bigquery
+  client = bigquery.bigquery_client(config.project, config.emulator_host)
+  bigquery.ensure_tables(client, config.project, config.dataset, tables)
+  if replace_partition:
+    for table in tables:
+      bigquery.delete_partition(client, config.project, config.dataset,
+                                table.name, config.partition_date)
