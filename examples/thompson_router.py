@@ -19,11 +19,12 @@ Thompson sampling draws each arm's success rate from its Beta(alpha, beta)
 posterior and routes to the highest draw, as Seldon's ThompsonSampling router.
 Continuous rewards have no Beta posterior; there the router routes with the
 probabilities `traffic_share`, the split Thompson sampling makes in
-expectation. Epsilon-greedy routes to the arm with the best mean reward, or
-with probability epsilon to one of the other arms, as Seldon's EpsilonGreedy.
+expectation (an arm without data gets only the pipeline's --traffic_floor).
+Epsilon-greedy routes to the arm with the best mean reward, or with
+probability epsilon to one of the other arms, as Seldon's EpsilonGreedy.
 
-Feedback updates the counts in memory until the next state file is loaded.
-Needs numpy only, not this package.
+Feedback updates the counts in memory; a restarted router continues from the
+latest state file. Needs numpy only, not this package.
 """
 
 import json
@@ -96,8 +97,10 @@ class BanditRouter:
 
   def send_feedback(self, features, feature_names, reward, truth,
                     routing=None):
-    """`reward` is the mean reward of the batch of `features` routed to
-    branch `routing`."""
+    """Counts the feedback on a batch of `features` routed to `routing`.
+
+    `reward` is the mean reward of the batch, as in Seldon's routers.
+    """
     n = len(features)
     self.tries[routing] += n
     self.successes[routing] += reward * n

@@ -138,13 +138,15 @@ class RewardAggregation(beam.PTransform):
       predictions = pbegin | "ReadPredictions" >> ReadLogs(
           self._predictions, contract.PREDICTION)
       reads.append(predictions)
-    attributed = ((predictions.records if predictions else None,
-                   feedback.records)
+    tables = {"feedback": feedback.records}
+    if predictions:
+      tables["predictions"] = predictions.records
+    attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
                       self._attribution, self._join_shards))
-    tables = (attributed["arm_totals"]
-              | "ExperimentStatistics" >> experiments.ExperimentStatistics(
-                  self._statistics))
+    statistics = (attributed["arm_totals"]
+                  | "ExperimentStatistics" >>
+                  experiments.ExperimentStatistics(self._statistics))
     dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
                     [attributed[quality.DEAD_LETTER]]
                     | "FlattenDeadLetters" >> beam.Flatten())
@@ -152,8 +154,8 @@ class RewardAggregation(beam.PTransform):
               [attributed[quality.COUNTS]]
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
-    return {"arm_stats": tables.arm_stats,
-            "router_state": tables[experiments.ROUTER_STATE],
+    return {"arm_stats": statistics.arm_stats,
+            "router_state": statistics[experiments.ROUTER_STATE],
             "dead_letter": dead_letters, "data_quality": counts}
 
 

@@ -150,7 +150,8 @@ def test_pseudonymized_user_id_is_keyed_and_stable():
 ])
 def test_fast_path_equals_per_record_contract(record_type, lines):
   encoded = [line.encode() for line in lines]
-  fast = batches.parse_json_block(encoded, record_type, "f.jsonl")
+  fast = batches.parse_json_block(b"\n".join(encoded), record_type,
+                                  "f.jsonl")
   slow = batches._slow(encoded, record_type, "f.jsonl")  # pylint: disable=protected-access
   assert fast.fast and not slow.fast
   assert fast.table.to_pylist() == slow.table.to_pylist()
@@ -160,7 +161,7 @@ def test_fast_path_equals_per_record_contract(record_type, lines):
 def test_one_bad_record_sends_its_block_to_the_contract():
   lines = [prediction(request_id=f"r{i}").encode() for i in range(3)]
   lines.append(prediction(arm=3).encode())
-  result = batches.parse_json_block(lines, contract.PREDICTION, "f.jsonl")
+  result = batches.parse_json_lines(lines, contract.PREDICTION, "f.jsonl")
   assert not result.fast
   assert result.table.num_rows == 3
   assert [r for _, r in result.rejected] == [
@@ -170,7 +171,7 @@ def test_one_bad_record_sends_its_block_to_the_contract():
 def test_a_bad_record_costs_only_its_part_of_a_large_block():
   lines = [prediction(request_id=f"r{i}").encode() for i in range(4000)]
   lines[1234] = b"{broken"
-  result = batches.parse_json_block(lines, contract.PREDICTION, "f.jsonl")
+  result = batches.parse_json_lines(lines, contract.PREDICTION, "f.jsonl")
   assert result.table.num_rows == 3999
   assert [r.reason for _, r in result.rejected] == [contract.INVALID_JSON]
   assert result.fast_rows >= 4000 - batches.MIN_FAST_LINES

@@ -52,8 +52,8 @@ BAD_PREDICTIONS = [
 BAD_FEEDBACK = [
     "null-ish text", '{"request_id": "f", "timestamp": 1, "reward": NaN}',
     json.dumps(fb("f2", 0, "1")),
-    json.dumps({**fb("f3", 0, 1), "response": {"meta": {"puid": "x", "routing": {
-        "r1": 0, "r2": 1}}}, "request_id": None}),
+    json.dumps({"timestamp": T0, "reward": 1, "response": {"meta": {
+        "puid": "x", "routing": {"r1": 0, "r2": 1}}}}),  # bare Seldon
     json.dumps(fb("ghost", 0, 1)),  # no such prediction: orphan
 ]
 EXPECTED_REASONS = collections.Counter({

@@ -130,7 +130,8 @@ def test_lift_and_delta_method_interval():
       [binary_arm("control", 100, 1000), binary_arm("b", 120, 1000)],
       control_arm="control")
   # Var(p_b / p_c) ~ var_b / p_c^2 + p_b^2 var_c / p_c^4.
-  variance = (0.12 * 0.88 / 1000) / 0.1**2 + 0.12**2 * (0.1 * 0.9 / 1000) / 0.1**4
+  variance = ((0.12 * 0.88 / 1000) / 0.1**2
+              + 0.12**2 * (0.1 * 0.9 / 1000) / 0.1**4)
   half_width = 1.959963984540054 * math.sqrt(variance)
   assert rows["b"]["lift"] == pytest.approx(0.2)
   assert rows["b"]["lift_ci_low"] == pytest.approx(0.2 - half_width)
@@ -502,8 +503,8 @@ def test_fixed_horizon_p_value_is_uniform_under_the_null():
   for _ in range(300):
     arms = [continuous_arm(name, rng.exponential(2.0, size=150))
             for name in ("control", "b")]
-    p_values.append(
-        stats.experiment_statistics(arms, control_arm="control")["b"]["p_value"])
+    rows = stats.experiment_statistics(arms, control_arm="control")
+    p_values.append(rows["b"]["p_value"])
   assert scipy.stats.kstest(p_values, "uniform").pvalue > 0.001
 
 

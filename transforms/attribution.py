@@ -23,9 +23,9 @@ class _ShardByRequest(beam.DoFn):
     self._num_shards = num_shards
 
   def process(self, table: pa.Table):
-    shard = np.fromiter(
-        (zlib.crc32(rid.encode()) for rid in table["request_id"].to_pylist()),
-        np.uint32, table.num_rows) % self._num_shards
+    ids = table["request_id"].cast(pa.binary()).to_pylist()
+    shard = np.fromiter(map(zlib.crc32, ids), np.uint32,
+                        table.num_rows) % self._num_shards
     order = np.argsort(shard, kind="stable")
     bounds = np.searchsorted(shard[order], np.arange(self._num_shards + 1))
     for s in range(self._num_shards):
@@ -83,9 +83,9 @@ class ArmCombineFn(beam.CombineFn):
 
 
 class AttributeRewards(beam.PTransform):
-  """(predictions, feedback) Arrow tables -> ((experiment_id, arm), ArmAccumulator).
+  """{"predictions", "feedback"} Arrow tables -> ((experiment_id, arm), ArmAccumulator).
 
-  Predictions may be None: then feedback carries its own experiment and arm.
+  Without "predictions", feedback carries its own experiment and arm.
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
@@ -95,7 +95,7 @@ class AttributeRewards(beam.PTransform):
     self._num_shards = num_shards
 
   def expand(self, tables):
-    predictions, feedback = tables
+    predictions, feedback = tables.get("predictions"), tables["feedback"]
     sharded = [feedback | "ShardFeedback" >> beam.ParDo(
         _ShardByRequest(contract.FEEDBACK, self._num_shards))]
     if predictions is not None:

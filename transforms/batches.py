@@ -35,7 +35,7 @@ FEEDBACK_SCHEMA = pa.schema([
     ("experiment_id", pa.string()),
     ("arm", pa.string()),
     ("raw", pa.string()),
-    ("source_file", pa.string()),
+    ("source_file", pa.dictionary(pa.int32(), pa.string())),
 ])
 
 SCHEMAS = {contract.PREDICTION: PREDICTION_SCHEMA,
@@ -82,23 +82,55 @@ def split_lines(block: bytes) -> list[bytes]:
   return [line for line in block.split(b"\n") if line.strip()]
 
 
-def parse_json_block(lines: list[bytes], record_type: str,
+def parse_json_block(block: bytes, record_type: str,
                      source_file: str) -> BlockResult:
-  """Parse and validate JSON lines of one record type."""
-  table = _fast_json(lines, record_type)
-  if table is not None:
-    normalized = _normalize(table, record_type)
-    if normalized is not None:
-      return BlockResult(_finish(normalized, record_type, lines, source_file),
-                         [], len(lines))
+  """Parse and validate a block of whole JSON lines of one record type."""
+  n_lines = block.count(b"\n") + (not block.endswith(b"\n"))
+  result = _fast_block(block, n_lines, record_type, source_file)
+  if result is not None:
+    return result
+  return parse_json_lines(split_lines(block), record_type, source_file)
+
+
+def parse_json_lines(lines: list[bytes], record_type: str,
+                     source_file: str) -> BlockResult:
+  """Parse and validate non-blank JSON lines of one record type."""
+  result = _fast_block(b"\n".join(lines), len(lines), record_type,
+                       source_file)
+  if result is not None:
+    return result
   if len(lines) <= MIN_FAST_LINES:
     return _slow(lines, record_type, source_file)
   step = -(-len(lines) // FAST_SPLIT)
-  parts = [parse_json_block(lines[i:i + step], record_type, source_file)
+  parts = [parse_json_lines(lines[i:i + step], record_type, source_file)
            for i in range(0, len(lines), step)]
   return BlockResult(pa.concat_tables([part.table for part in parts]),
                      [r for part in parts for r in part.rejected],
                      sum(part.fast_rows for part in parts))
+
+
+def _fast_block(data: bytes, n_lines: int, record_type: str,
+                source_file: str) -> BlockResult | None:
+  table = _fast_json(data, n_lines, record_type)
+  if table is None:
+    return None
+  normalized = _normalize(table, record_type)
+  if normalized is None:
+    return None
+  raws = _lines_array(data) if record_type == contract.FEEDBACK else None
+  return BlockResult(_finish(normalized, record_type, raws, source_file), [],
+                     n_lines)
+
+
+def _lines_array(data: bytes) -> pa.Array:
+  """Each line of `data` as a string, built from the block's own buffer."""
+  ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
+  if not data.endswith(b"\n"):
+    ends = np.append(ends, len(data))
+  offsets = np.concatenate([[0], ends]).astype(np.int32)
+  lines = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets),
+                                      pa.py_buffer(data))
+  return pc.utf8_rtrim(lines, characters="\r\n")
 
 
 def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
@@ -132,10 +164,9 @@ def _with_timestamp_column(table: pa.Table) -> pa.Table:
   return table
 
 
-def _fast_json(lines: list[bytes], record_type: str) -> pa.Table | None:
-  if not lines:
+def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
+  if not n_lines:
     return None
-  data = b"\n".join(lines)
   for ts_type in _TIMESTAMP_TYPES:
     schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
     options = pa_json.ParseOptions(explicit_schema=schema,
@@ -145,7 +176,7 @@ def _fast_json(lines: list[bytes], record_type: str) -> pa.Table | None:
                                 parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       continue
-    if table.num_rows == len(lines):
+    if table.num_rows == n_lines:  # pyarrow skips blank lines; we count them.
       return table
     return None
   return None
@@ -233,12 +264,12 @@ def _finish(normalized: pa.Table, record_type: str, raws,
             source_file: str) -> pa.Table:
   if record_type == contract.FEEDBACK:
     n = normalized.num_rows
+    if not isinstance(raws, pa.Array):
+      raws = pa.array(raws, pa.string())
+    normalized = normalized.append_column("raw", raws)
     normalized = normalized.append_column(
-        "raw", pa.array(raws, pa.binary()).cast(pa.string())
-        if raws and isinstance(raws[0], bytes) else pa.array(raws, pa.string()))
-    normalized = normalized.append_column(
-        "source_file", pa.array(np.full(n, source_file, dtype=object),
-                                pa.string()))
+        "source_file", pa.DictionaryArray.from_arrays(
+            np.zeros(n, np.int32), pa.array([source_file])))
   return normalized.cast(SCHEMAS[record_type])
 
 

@@ -81,9 +81,8 @@ class _ParseFileRange(beam.DoFn):
   def _json_blocks(self, path, start, end):
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
       for block in _line_blocks(f, start, end):
-        lines = batches.split_lines(block)
-        yield batches.parse_json_block(lines, self._record_type,
-                                       path), len(lines)
+        result = batches.parse_json_block(block, self._record_type, path)
+        yield result, result.table.num_rows + len(result.rejected)
 
   def _parquet_blocks(self, path):
     with FileSystems.open(path) as f:

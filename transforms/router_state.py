@@ -16,10 +16,11 @@ from transforms.stats import ArmTotals
 
 def traffic_shares(prob_best: Sequence[float | None],
                    traffic_floor: float = 0.0) -> list[float]:
-  """Recommended traffic split: at least `traffic_floor` per arm, the rest in
-  proportion to prob_best (Thompson sampling's split in expectation).
+  """Recommended traffic split: the floor per arm, the rest by prob_best.
 
-  An arm without prob_best gets the floor only; when no arm has one the
+  Each arm gets `traffic_floor`, and the remaining 1 - n_arms * floor is
+  split in proportion to prob_best (Thompson sampling's split in
+  expectation). An arm without prob_best gets the floor only; when no arm has one the
   split is equal. The shares sum to 1.
   """
   n_arms = len(prob_best)

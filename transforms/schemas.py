@@ -137,3 +137,36 @@ ROUTER_STATE = Table("router_state", ROUTER_STATE_FIELDS,
                      clustering=("experiment_id",))
 
 TABLES = {t.name: t for t in (ARM_STATS, DEAD_LETTER, DATA_QUALITY, ROUTER_STATE)}
+
+# Batch inference (pipelines/batch_inference.py).
+
+PREDICTIONS_FIELDS = (
+    ("request_id", "STRING", "REQUIRED"),
+    ("model", "STRING", "REQUIRED"),  # In ensemble mode e.g. "mean(a,b)".
+    ("prediction", "FLOAT64", "NULLABLE"),  # The output of a one-output model.
+    ("scores", "FLOAT64", "REPEATED"),  # The outputs of a multi-output model.
+    ("predicted_class", "INT64", "NULLABLE"),  # Classifiers only.
+    ("baseline_prediction", "FLOAT64", "NULLABLE"),  # Shadow mode from here.
+    ("abs_diff", "FLOAT64", "NULLABLE"),
+    ("agrees", "BOOL", "NULLABLE"),
+    ("scored_at", "TIMESTAMP", "REQUIRED"),
+) + RUN_FIELDS
+
+SHADOW_SUMMARY_FIELDS = (
+    ("model", "STRING", "REQUIRED"),
+    ("baseline", "STRING", "REQUIRED"),
+    ("rows", "INT64", "REQUIRED"),
+    ("mean_diff", "FLOAT64", "NULLABLE"),
+    ("mean_abs_diff", "FLOAT64", "NULLABLE"),
+    ("max_abs_diff", "FLOAT64", "NULLABLE"),
+    ("agreement_rate", "FLOAT64", "NULLABLE"),
+) + RUN_FIELDS
+
+PREDICTIONS = Table("predictions", PREDICTIONS_FIELDS,
+                    "Model outputs per request: scores, ensembles, shadow "
+                    "comparisons.", clustering=("model",))
+SHADOW_SUMMARY = Table("shadow_summary", SHADOW_SUMMARY_FIELDS,
+                       "Per shadow model: how far it is from the baseline.")
+
+INFERENCE_TABLES = {t.name: t for t in (PREDICTIONS, SHADOW_SUMMARY,
+                                        DEAD_LETTER, DATA_QUALITY)}

@@ -366,13 +366,14 @@ def _comparison(arm: ArmTotals, control: ArmTotals, estimate: _Estimate,
   return {name: _optional(value) for name, value in columns.items()}
 
 
-def experiment_statistics(arms: Sequence[ArmTotals],
-                          control_arm: str | None = None,
-                          expected_allocation: Mapping[str, float] | None = None,
-                          alpha: float = 0.05,
-                          seq_tuning: float = DEFAULT_SEQ_TUNING,
-                          mc_draws: int = 0,
-                          seed: int = 0) -> dict[str, dict]:
+def experiment_statistics(
+    arms: Sequence[ArmTotals],
+    control_arm: str | None = None,
+    expected_allocation: Mapping[str, float] | None = None,
+    alpha: float = 0.05,
+    seq_tuning: float = DEFAULT_SEQ_TUNING,
+    mc_draws: int = 0,
+    seed: int = 0) -> dict[str, dict]:
   """arm name -> the statistics columns (`COLUMNS`) for that arm's row.
 
   Args:
