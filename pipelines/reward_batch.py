@@ -87,6 +87,7 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
       control_arm=statistics.control_arm,
       expected_allocation=opts.parse_allocation(
           statistics.expected_allocation),
+      seq_tuning=statistics.seq_tuning,
       traffic_floor=statistics.traffic_floor)
 
 

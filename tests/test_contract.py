@@ -177,3 +177,16 @@ def test_a_bad_record_costs_only_its_part_of_a_large_block():
   assert result.fast_rows >= 4000 - batches.MIN_FAST_LINES
   assert result.table["request_id"].to_pylist() == [
       f"r{i}" for i in range(4000) if i != 1234]
+
+
+@pytest.mark.parametrize("missing", ["request_id", "timestamp",
+                                     "experiment_id", "arm"])
+def test_fast_path_never_accepts_a_missing_required_field(missing):
+  lines = [prediction(request_id=f"r{i}") for i in range(600)]
+  lines[77] = prediction(**{"request_id": "r77", missing: ...})
+  result = batches.parse_json_lines([line.encode() for line in lines],
+                                    contract.PREDICTION, "f.jsonl")
+  assert result.table.num_rows == 599
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.MISSING_FIELD, missing)]
+  assert result.table["ts"].null_count == 0

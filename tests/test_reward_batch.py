@@ -16,6 +16,7 @@ from pipelines import reward_batch
 from transforms import arm_table
 from transforms import bigquery
 from transforms import contract
+from transforms import quality
 from transforms import rewards
 from transforms import simulate
 
@@ -153,6 +154,8 @@ def test_every_dead_letter_reason_and_the_record_balance(messy_logs):
         counts[("feedback", "counted")] + counts[("feedback", "duplicate")] +
         counts[("feedback", "late")] + counts[("feedback", "shadow")] +
         dead["feedback"])
+    assert quality.balance(rows) == {"feedback": (12, 12),
+                                     "prediction": (13, 13)}
     assert counts[("feedback", "late")] == 1
     assert counts[("feedback", "duplicate")] == 1
     assert counts[("feedback", "shadow")] == 1

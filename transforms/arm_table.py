@@ -19,6 +19,7 @@ class StatisticsConfig:
   """What the decision statistics compare against."""
   control_arm: str | None = None
   expected_allocation: Mapping[str, float] | None = None
+  seq_tuning: float = stats.DEFAULT_SEQ_TUNING
   traffic_floor: float = 0.0
 
 
@@ -42,7 +43,8 @@ def experiment_rows(experiment_id: str, accumulators: Mapping[str,
   arms = [arm_totals(arm, acc) for arm, acc in sorted(accumulators.items())]
   per_arm = stats.experiment_statistics(
       arms, control_arm=config.control_arm,
-      expected_allocation=config.expected_allocation)
+      expected_allocation=config.expected_allocation,
+      seq_tuning=config.seq_tuning)
   if window is None:
     window = (min(a.ts_min for a in accumulators.values()),
               max(a.ts_max for a in accumulators.values()))

@@ -200,6 +200,8 @@ def _timestamps(table: pa.Table):
   if "timestamp" not in table.column_names:
     return None
   column = table["timestamp"]
+  if column.null_count:
+    return None
   if pa.types.is_string(column.type):
     try:
       micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())

@@ -105,6 +105,11 @@ STATISTICS_OPTIONS = (
            "Expected traffic split for the sample-ratio check, "
            "arm=weight,... (default: equal).", "Expected allocation",
            regexes=(r"^([^=,]+=[0-9.]+)(,[^=,]+=[0-9.]+)*$",)),
+    Option("seq_tuning",
+           "Spread (tau) of the mixture SPRT over the relative lift: the "
+           "sequential statistics are most sensitive to lifts of about this "
+           "size.", "Sequential test tuning", type=float, default=0.1,
+           regexes=(r"^[0-9.]+$",)),
     Option("traffic_floor",
            "Minimum traffic share per arm in the recommended router split.",
            "Traffic floor", type=float, default=0.0,

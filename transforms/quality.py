@@ -55,3 +55,22 @@ class SummarizeCounts(beam.PTransform):
             | "Sum" >> beam.CombinePerKey(sum)
             | "ToRows" >> beam.MapTuple(lambda key, count: {
                 "record_type": key[0], "metric": key[1], "count": count}))
+
+
+# Where each parsed record ends up besides being counted: read = counted +
+# these + dead-lettered.
+NOT_COUNTED = ("duplicate", "late", "shadow")
+
+
+def balance(rows) -> dict[str, tuple[int, int]]:
+  """data_quality rows -> {record_type: (records read, records accounted for)}."""
+  read, accounted = {}, {}
+  for row in rows:
+    record_type, metric, count = row["record_type"], row["metric"], row["count"]
+    if metric == READ:
+      read[record_type] = read.get(record_type, 0) + count
+    elif metric == "counted" or metric in NOT_COUNTED or metric.startswith(
+        DEAD_LETTERED + ":"):
+      accounted[record_type] = accounted.get(record_type, 0) + count
+  return {t: (read.get(t, 0), accounted.get(t, 0))
+          for t in sorted(set(read) | set(accounted))}

@@ -1,0 +1,114 @@
+"""The main job on an embedded default: `python3 dev.py demo`.
+
+Simulates a router serving three arms with different true reward rates (plus
+a shadow model, duplicates, late, orphan, Seldon-format and malformed records),
+starts the local BigQuery emulator, runs the batch reward pipeline on the
+DirectRunner into it, and prints the per-arm table read back from BigQuery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from pipelines import reward_batch
+from transforms import bigquery
+from transforms import bq_emulator
+from transforms import quality
+from transforms import simulate
+
+DATASET = "online_eval"
+SCENARIO = simulate.Scenario(
+    experiment_id="homepage-ranker", policy="thompson",
+    arms=(simulate.Arm("control", 0.10), simulate.Arm("candidate-a", 0.12),
+          simulate.Arm("candidate-b", 0.08)),
+    requests=30_000, feedback_rate=0.6, duplicate_feedback=0.03,
+    late_feedback=0.01, duplicate_predictions=0.005, shadow_arm="shadow-v2",
+    orphan_feedback=0.005, malformed=0.002, seldon_feedback=0.1)
+
+ARM_COLUMNS = (("arm", "{}"), ("impressions", "{:,}"), ("samples", "{:,}"),
+               ("reward_mean", "{:.4f}"), ("ci_low", "{:.4f}"),
+               ("ci_high", "{:.4f}"), ("prob_best", "{:.3f}"),
+               ("lift", "{:+.1%}"), ("p_value", "{:.2g}"),
+               ("seq_p_value", "{:.2g}"))
+
+
+def write_sample_logs(directory: str, scenario: simulate.Scenario):
+  os.makedirs(directory, exist_ok=True)
+  predictions, feedback, truth = simulate.generate(scenario)
+  simulate.write_jsonl(f"{directory}/predictions.jsonl", predictions)
+  simulate.write_jsonl(f"{directory}/feedback.jsonl", feedback)
+  return len(predictions), len(feedback), truth
+
+
+def format_table(rows, columns) -> str:
+  cells = [[name for name, _ in columns]]
+  for row in rows:
+    cells.append(["" if row.get(name) is None else fmt.format(row[name])
+                  for name, fmt in columns])
+  widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+  return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths))
+                   for r in cells)
+
+
+def print_results(client, project: str, truth: dict) -> None:
+  arm_stats = bigquery.read_rows(client, project, DATASET, "arm_stats")
+  for experiment in sorted({r["experiment_id"] for r in arm_stats}):
+    rows = sorted((r for r in arm_stats if r["experiment_id"] == experiment),
+                  key=lambda r: r["arm"])
+    first = rows[0]
+    print(f"\n{experiment}: control {first['control_arm']}, "
+          f"{first['reward_type']} rewards, SRM p={first['srm_p_value']:.3g}"
+          f"{' ALERT' if first['srm_alert'] else ''}")
+    print(format_table(rows, ARM_COLUMNS))
+  print("\ntrue reward rates x feedback rate: " + ", ".join(
+      f"{arm} {rate * SCENARIO.feedback_rate:.4f}"
+      for arm, rate in sorted(truth.items())))
+  for state in bigquery.read_rows(client, project, DATASET, "router_state"):
+    shares = ", ".join(f"{a['arm']} {a['traffic_share']:.2f}"
+                       for a in sorted(state["arms"], key=lambda a: a["arm"]))
+    print(f"router_state {state['experiment_id']}: best {state['best_arm']}; "
+          f"recommended split {shares}")
+  counts = bigquery.read_rows(client, project, DATASET, "data_quality")
+  dead = bigquery.read_rows(client, project, DATASET, "dead_letter")
+  print("\ndata_quality: " + ", ".join(
+      f"{q['record_type']}.{q['metric']}={q['count']}"
+      for q in sorted(counts, key=lambda q: (q["record_type"], q["metric"]))))
+  print(f"dead_letter: {len(dead)} rows in BigQuery")
+  for record_type, (read, accounted) in quality.balance(counts).items():
+    verdict = "balanced" if read == accounted else "UNBALANCED"
+    print(f"{record_type}: {read:,} read = {accounted:,} counted, duplicate, "
+          f"late, shadow or dead-lettered: {verdict}")
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default="local/demo",
+                      help="where the sample logs and outputs go")
+  parser.add_argument("--requests", type=int, default=SCENARIO.requests)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+
+  scenario = simulate.Scenario(**{**SCENARIO.__dict__,
+                                  "requests": args.requests})
+  logs = f"{args.workdir}/logs"
+  n_pred, n_fb, truth = write_sample_logs(logs, scenario)
+  print(f"sample logs: {n_pred:,} predictions, {n_fb:,} feedback in {logs}/")
+
+  with bq_emulator.start_emulator(
+      log_path=f"{args.workdir}/bigquery-emulator.log") as emulator:
+    print(f"BigQuery emulator: {emulator.host} (project {emulator.project})")
+    reward_batch.run([
+        f"--predictions={logs}/predictions.jsonl",
+        f"--feedback={logs}/feedback.jsonl",
+        f"--output_dataset={emulator.project}:{DATASET}",
+        f"--bigquery_emulator_host={emulator.host}",
+        f"--output_dir={args.workdir}/out", "--control_arm=control",
+        "--runner=FnApiRunner"])
+    client = bigquery.bigquery_client(emulator.project, emulator.host)
+    print_results(client, emulator.project, truth)
+
+
+if __name__ == "__main__":
+  main()
