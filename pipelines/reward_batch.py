@@ -91,32 +91,6 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
       traffic_floor=statistics.traffic_floor)
 
 
-class WriteOutputs(beam.PTransform):
-  """arm_stats, router_state, dead letters and counts -> the four tables."""
-
-  def __init__(self, config: sinks.OutputConfig):
-    super().__init__()
-    self._config = config
-
-  def expand(self, outputs):
-    config = self._config
-    failed = [
-        outputs["arm_stats"] | "WriteArmStats" >> sinks.WriteTable(
-            schemas.ARM_STATS, config),
-        outputs["router_state"] | "WriteRouterState" >> sinks.WriteTable(
-            schemas.ROUTER_STATE, config),
-        outputs["data_quality"] | "WriteDataQuality" >> sinks.WriteTable(
-            schemas.DATA_QUALITY, config),
-    ]
-    dead_letters = ((outputs["dead_letter"], *failed)
-                    | "FlattenDeadLetters" >> beam.Flatten()
-                    | "Redact" >> sinks.RedactDeadLetters(
-                        config.pseudonymize_key_env))
-    # Rows the dead_letter table itself refuses are only counted (no loop).
-    _ = dead_letters | "WriteDeadLetters" >> sinks.WriteTable(
-        schemas.DEAD_LETTER, config)
-
-
 class RewardAggregation(beam.PTransform):
   """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
 
@@ -173,7 +147,7 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
            inputs.predictions, inputs.feedback,
            attribution_config(pipeline_options, bool(inputs.predictions)),
            statistics_config(pipeline_options), inputs.join_shards)
-       | "WriteOutputs" >> WriteOutputs(output))
+       | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
 
 
 def run(argv=None):

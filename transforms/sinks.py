@@ -138,6 +138,32 @@ class WriteTable(beam.PTransform):
             "raw": json.dumps(row, sort_keys=True, default=str)}
 
 
+class WriteTables(beam.PTransform):
+  """{table name: rows} -> every table; rows BigQuery refuses join dead_letter.
+
+  The input must have a "dead_letter" entry; dead letters are pseudonymized
+  when the config names a key. Rows the dead_letter table itself refuses are
+  not routed again (no loop).
+  """
+
+  def __init__(self, tables, config: OutputConfig):
+    super().__init__()
+    self._tables = {table.name: table for table in tables}
+    self._config = config
+
+  def expand(self, outputs):
+    failed = [
+        rows | f"Write_{name}" >> WriteTable(self._tables[name], self._config)
+        for name, rows in sorted(outputs.items())
+        if name != schemas.DEAD_LETTER.name
+    ]
+    _ = ((outputs[schemas.DEAD_LETTER.name], *failed)
+         | "FlattenDeadLetters" >> beam.Flatten()
+         | "Redact" >> RedactDeadLetters(self._config.pseudonymize_key_env)
+         | "Write_dead_letter" >> WriteTable(schemas.DEAD_LETTER,
+                                             self._config))
+
+
 class _Redact(beam.DoFn):
 
   def __init__(self, key_env: str):
