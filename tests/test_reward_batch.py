@@ -243,3 +243,22 @@ def test_round_trip_through_the_bigquery_emulator(bq_emulator, tmp_path):
   assert len(state) == 1
   assert sorted(a["arm"] for a in state[0]["arms"]) == [
       "candidate-a", "candidate-b", "control"]
+
+
+def test_a_router_continues_from_the_pipelines_router_state(tmp_path):
+  from examples import thompson_router
+  predictions, feedback, _ = simulate.generate(simulate.Scenario(
+      requests=3000, feedback_rate=1.0, seed=8))
+  reward_batch.run([
+      f"--predictions={write_lines(tmp_path / 'p.jsonl', predictions)}",
+      f"--feedback={write_lines(tmp_path / 'f.jsonl', feedback)}",
+      f"--output_dir={tmp_path / 'out'}", "--runner=FnApiRunner"])
+  arms = [json.loads(line) for path in (tmp_path / "out").glob("arm_stats*")
+          for line in path.read_text().splitlines()]
+  best = max(arms, key=lambda r: r["reward_mean"])["arm"]
+  [state_file] = (tmp_path / "out").glob("router_state*.json")
+  names = sorted(r["arm"] for r in arms)
+  router = thompson_router.BanditRouter(
+      str(state_file), "homepage-ranker", policy="epsilon_greedy",
+      epsilon=0.0, branch_names=":".join(names))
+  assert {names[router.route([], [])] for _ in range(20)} == {best}

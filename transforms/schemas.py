@@ -99,6 +99,7 @@ class Table:
   description: str
   partition_field: str = "partition_date"
   clustering: tuple = ()
+  file_suffix: str = ".jsonl"  # of DIR/<name>-SSSSS-of-NNNNN<suffix>
 
   @property
   def columns(self) -> tuple:
@@ -134,7 +135,9 @@ DATA_QUALITY = Table("data_quality", DATA_QUALITY_FIELDS,
                      clustering=("record_type",))
 ROUTER_STATE = Table("router_state", ROUTER_STATE_FIELDS,
                      "Bandit router state per experiment, to continue from.",
-                     clustering=("experiment_id",))
+                     clustering=("experiment_id",),
+                     # What a router loads: DIR/router_state*.json.
+                     file_suffix=".json")
 
 TABLES = {t.name: t for t in (ARM_STATS, DEAD_LETTER, DATA_QUALITY, ROUTER_STATE)}
 
@@ -146,9 +149,10 @@ PREDICTIONS_FIELDS = (
     ("prediction", "FLOAT64", "NULLABLE"),  # The output of a one-output model.
     ("scores", "FLOAT64", "REPEATED"),  # The outputs of a multi-output model.
     ("predicted_class", "INT64", "NULLABLE"),  # Classifiers only.
-    ("baseline_prediction", "FLOAT64", "NULLABLE"),  # Shadow mode from here.
-    ("abs_diff", "FLOAT64", "NULLABLE"),
-    ("agrees", "BOOL", "NULLABLE"),
+    # Shadow mode, rows of the models other than the baseline:
+    ("baseline_prediction", "FLOAT64", "NULLABLE"),
+    ("abs_diff", "FLOAT64", "NULLABLE"),  # Mean over the outputs.
+    ("agrees", "BOOL", "NULLABLE"),  # Same predicted class.
     ("scored_at", "TIMESTAMP", "REQUIRED"),
 ) + RUN_FIELDS
 

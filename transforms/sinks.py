@@ -95,7 +95,7 @@ class WriteTable(beam.PTransform):
            | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
            | "WriteJsonl" >> beam.io.WriteToText(
                f"{self._config.output_dir.rstrip('/')}/{self._table.name}",
-               file_name_suffix=".jsonl"))
+               file_name_suffix=self._table.file_suffix))
     if not self._config.dataset:
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
     result = stamped | "WriteBigQuery" >> self._bigquery_write()
