@@ -3,7 +3,8 @@
 Simulates a router serving three arms with different true reward rates (plus
 a shadow model, duplicates, late, orphan, Seldon-format and malformed records),
 starts the local BigQuery emulator, runs the batch reward pipeline on the
-DirectRunner into it, and prints the per-arm table read back from BigQuery.
+DirectRunner into it, prints the per-arm table read back from BigQuery, and
+renders the HTML report from it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import logging
 import os
 
+from pipelines import report
 from pipelines import reward_batch
 from transforms import bigquery
 from transforms import bq_emulator
@@ -108,6 +110,10 @@ def main(argv=None) -> None:
         "--runner=FnApiRunner"])
     client = bigquery.bigquery_client(emulator.project, emulator.host)
     print_results(client, emulator.project, truth)
+    page = report.run([f"--input={emulator.project}:{DATASET}",
+                       f"--bigquery_emulator_host={emulator.host}",
+                       f"--out={args.workdir}/report.html"])
+  print(f"\nreport: {os.path.abspath(page)}")
 
 
 if __name__ == "__main__":
