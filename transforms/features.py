@@ -120,7 +120,8 @@ def _feature_values(record: dict, spec: FeatureSpec) -> list:
   return values
 
 
-def parse_record(record: Any, spec: FeatureSpec) -> tuple[str, list] | contract.Rejected:
+def parse_record(record: Any,
+                 spec: FeatureSpec) -> tuple[str, list] | contract.Rejected:
   """One record (a decoded JSON object, a BigQuery row) -> (request_id,
   feature values) or Rejected."""
   try:
