@@ -44,8 +44,6 @@ class ScoringConfig:
   def validate(self) -> None:
     if not self.models:
       raise ValueError("give at least one --model NAME=PATH")
-    if len(set(self.models)) != len(self.models):
-      raise ValueError(f"model names repeat: {', '.join(self.models)}")
     if self.mode == ENSEMBLE and self.combine == VOTE and (
         self.task != CLASSIFICATION):
       raise ValueError("--combine vote needs --task classification")
