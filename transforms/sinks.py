@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
 from transforms import contract
+from transforms import json_lines
 from transforms import options as opts
 from transforms import schemas
 
@@ -66,20 +67,43 @@ class OutputConfig:
 
 
 class _StampRun(beam.DoFn):
+  """Adds the run fields and keeps exactly the table's columns, to a row dict
+  or to a `json_lines.RowBatch` (batch-wise, for large outputs)."""
 
   def __init__(self, config: OutputConfig, table: schemas.Table):
     self._config = config
     self._columns = table.columns
 
-  def process(self, row):
-    stamped = {**row, **self._config.run_fields()}
+  def process(self, element):
+    if isinstance(element, json_lines.RowBatch):
+      table = element.table.select(
+          [c for c in element.table.column_names if c in self._columns])
+      constants = {**element.constants, **self._config.run_fields()}
+      constants = {c: constants.get(c) for c in self._columns
+                   if c not in table.column_names}
+      yield json_lines.RowBatch(constants, table)
+      return
+    stamped = {**element, **self._config.run_fields()}
     yield {column: stamped.get(column) for column in self._columns}
+
+
+def _to_json(element) -> bytes:
+  if isinstance(element, json_lines.RowBatch):
+    return json_lines.encode(element)
+  return json.dumps(element, sort_keys=True).encode("utf-8")
+
+
+def _to_rows(element):
+  if isinstance(element, json_lines.RowBatch):
+    return element.rows()
+  return [element]
 
 
 class WriteTable(beam.PTransform):
   """Rows of one table -> BigQuery and/or DIR/<table>*.jsonl.
 
-  Returns the rows BigQuery refused, as dead-letter rows (empty without BigQuery).
+  Elements are row dicts or `json_lines.RowBatch`es. Returns the rows BigQuery
+  refused, as dead-letter rows (empty without BigQuery).
   """
 
   def __init__(self, table: schemas.Table, config: OutputConfig):
@@ -92,13 +116,16 @@ class WriteTable(beam.PTransform):
                                                          self._table))
     if self._config.output_dir:
       _ = (stamped
-           | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
+           | "ToJson" >> beam.Map(_to_json)
+           | "SkipEmpty" >> beam.Filter(bool)
            | "WriteJsonl" >> beam.io.WriteToText(
                f"{self._config.output_dir.rstrip('/')}/{self._table.name}",
                file_name_suffix=self._table.file_suffix))
     if not self._config.dataset:
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
-    result = stamped | "WriteBigQuery" >> self._bigquery_write()
+    result = (stamped
+              | "ToRows" >> beam.FlatMap(_to_rows)
+              | "WriteBigQuery" >> self._bigquery_write())
     if self._config.method != "STREAMING_INSERTS":
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
     return (result.failed_rows_with_errors
