@@ -40,7 +40,7 @@ class RewardBatchOptions(PipelineOptions):
                   param_type="GCS_READ_FILE"),
       opts.Option("feedback", "Feedback logs: file pattern (JSONL, .gz or "
                   "Parquet; local or gs://).", "Feedback log files",
-                  param_type="GCS_READ_FILE"),
+                  param_type="GCS_READ_FILE", required=True),
       opts.Option("join_shards", "Number of request-id shards the join is "
                   "spread over.", "Join shards", type=int, default=32,
                   regexes=(r"^[0-9]+$",)),
@@ -137,8 +137,7 @@ class RewardAggregation(beam.PTransform):
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
-  if not inputs.feedback:
-    raise ValueError("--feedback is required")
+  opts.check_required(inputs, RewardBatchOptions.INPUT_OPTIONS)
   output = sinks.OutputConfig.from_options(pipeline_options)
   sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
                                 replace_partition=True)

@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 GCS_OR_LOCAL_PATH = r"^(gs://|/|\.|[A-Za-z0-9_]).*"
 DATASET_REGEX = r"^[A-Za-z0-9_.:-]+:[A-Za-z0-9_]+$|^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+$"
 DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
+SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +32,14 @@ class Option:
   param_type: str | None = None  # Flex Template paramType, e.g. GCS_READ_FILE
   regexes: tuple = ()
   action: str | None = None  # argparse action, e.g. "append" for repeatable
+  # Required by the pipeline that declares it. Not enforced by argparse: Beam
+  # parses every options class of the process at once, so a pipeline checks
+  # its own required options when it builds.
+  required: bool = False
 
   @property
   def is_optional(self) -> bool:
-    return True  # Pipelines validate combinations themselves; see validate_*.
+    return not self.required
 
   def add_to(self, parser) -> None:
     kwargs = {"help": self.help, "default": self.default}
@@ -120,6 +125,14 @@ STATISTICS_OPTIONS = (
 def add_options(parser, options) -> None:
   for option in options:
     option.add_to(parser)
+
+
+def check_required(view, options) -> None:
+  """Raises ValueError naming every required option of `options` not given."""
+  missing = [f"--{o.name}" for o in options
+             if o.required and getattr(view, o.name) in (None, "", [])]
+  if missing:
+    raise ValueError(f"required: {', '.join(missing)}")
 
 
 def parse_allocation(text: str | None) -> dict[str, float] | None:
