@@ -7,7 +7,7 @@ checks both give the same per-arm totals, and prints throughput once running
 start-up, imports and pipeline construction are left out; each the fastest
 of --repeats runs), the ratio, and peak memory.
 
-  python benchmarks/reward_benchmark.py [--requests 1000000]
+  PYTHONPATH=. python benchmarks/reward_benchmark.py [--requests 1000000]
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import argparse
 import glob
 import json
 import os
-import resource
 import tempfile
 import time
 
 import duckdb
 
+from benchmarks import common
 from pipelines import reward_batch
 from transforms import simulate
 
@@ -99,10 +99,6 @@ def same_totals(beam_totals, duck_totals) -> bool:
       abs(beam_totals[k][2] - duck_totals[k][2]) < 1e-6 for k in duck_totals)
 
 
-def marginal_rate(events_small, seconds_small, events_big, seconds_big):
-  return (events_big - events_small) / max(seconds_big - seconds_small, 1e-9)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--requests", type=int, default=1_000_000)
@@ -111,10 +107,7 @@ def main(argv=None):
   parser.add_argument("--workers", type=int, default=1,
                       help="FnApiRunner workers (multi_processing when > 1)")
   args = parser.parse_args(argv)
-  runner_args = ["--runner=FnApiRunner"]
-  if args.workers > 1:
-    runner_args += [f"--direct_num_workers={args.workers}",
-                    "--direct_running_mode=multi_processing"]
+  runner_args = common.runner_args(args.workers)
 
   with tempfile.TemporaryDirectory() as tmp:
     sizes = {"tenth": args.requests // 10, "full": args.requests}
@@ -133,12 +126,11 @@ def main(argv=None):
       print(f"{name}: {events[name]:,} records  duckdb {duck[name]:.2f}s  "
             f"beam {beam_s[name]:.2f}s  per-arm totals "
             f"{'match' if same_totals(beam_totals, duck_totals) else 'DIFFER'}")
-    duck_rate = marginal_rate(events["tenth"], duck["tenth"], events["full"],
-                              duck["full"])
-    beam_rate = marginal_rate(events["tenth"], beam_s["tenth"],
-                              events["full"], beam_s["full"])
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss +
-                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    duck_rate = common.marginal_rate(events["tenth"], duck["tenth"],
+                                     events["full"], duck["full"])
+    beam_rate = common.marginal_rate(events["tenth"], beam_s["tenth"],
+                                     events["full"], beam_s["full"])
+    peak_mib = common.peak_memory_mib()
     print(f"duckdb throughput: {duck_rate:,.0f} records/s")
     print(f"beam throughput:   {beam_rate:,.0f} records/s")
     print(f"ratio beam/duckdb: {beam_rate / duck_rate:.3f} (target >= 0.2)")

@@ -24,6 +24,7 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 
 from transforms import features
 from transforms import inference
@@ -88,7 +89,8 @@ class ModelOptions(PipelineOptions):
                   choices=predictions.TASKS),
       opts.Option("large_model", "Load the models once per machine, shared "
                   "by its worker processes, instead of once per process.",
-                  "Large model", action="store_true"),
+                  "Large model", type=opts.parse_bool, default=False,
+                  regexes=(opts.BOOL_REGEX,)),
       opts.Option("model_copies", "Exact number of copies of the models per "
                   "machine, shared by its processes.", "Model copies",
                   type=int, regexes=(r"^[0-9]+$",)),
@@ -135,8 +137,8 @@ def feature_spec(inputs: BatchInferenceOptions,
 
 
 class BatchInference(beam.PTransform):
-  """Features -> predictions, shadow_summary (shadow mode), dead_letter and
-  data_quality rows."""
+  """Features -> predictions (as `json_lines.RowBatch`es), shadow_summary
+  (shadow mode), dead_letter and data_quality rows."""
 
   def __init__(self, read: inference.ReadFeatures,
                handler: inference.KerasModelsHandler,
@@ -150,12 +152,12 @@ class BatchInference(beam.PTransform):
     read = pbegin | "ReadFeatures" >> self._read
     scored = read["batches"] | "ScoreBatches" >> inference.ScoreBatches(
         self._handler)
-    rows = scored["scored"] | "ToPredictions" >> inference.ToPredictions(
+    predicted = scored["scored"] | "ToPredictions" >> inference.ToPredictions(
         self._scoring)
-    outputs = {"predictions": rows["rows"]}
+    outputs = {"predictions": predicted["batches"]}
     if self._scoring.mode == predictions.SHADOW:
       outputs["shadow_summary"] = (
-          rows[inference.SHADOW_TOTALS]
+          predicted[inference.SHADOW_TOTALS]
           | "ShadowSummary" >> inference.ShadowSummary(self._scoring.baseline))
     outputs["dead_letter"] = ((read[quality.DEAD_LETTER],
                                scored[quality.DEAD_LETTER])
@@ -253,7 +255,8 @@ def run(argv=None):
   pipeline_options = PipelineOptions(argv)
   with beam.Pipeline(options=pipeline_options) as pipeline:
     build(pipeline, pipeline_options)
-  print(format_report(metrics_report(pipeline.result)))
+  if not pipeline_options.view_as(TestOptions).dry_run:  # A dry run has no metrics.
+    print(format_report(metrics_report(pipeline.result)))
   return pipeline
 
 

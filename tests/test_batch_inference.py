@@ -25,6 +25,7 @@ from transforms import click_data
 from transforms import contract
 from transforms import features
 from transforms import inference
+from transforms import json_lines
 from transforms import predictions
 
 WIDTH = 4
@@ -95,6 +96,12 @@ def batch_inference_transform(file_pattern, paths, scoring, batch_size=7,
           {name: paths[name] for name in scoring.models}), scoring)
 
 
+def prediction_rows(result):
+  """The predictions of a BatchInference result, as row dicts."""
+  return result["predictions"] | "PredictionRows" >> beam.FlatMap(
+      json_lines.RowBatch.rows)
+
+
 def by_key(rows):
   return {(r["request_id"], r["model"]): r for r in rows}
 
@@ -139,7 +146,7 @@ def test_score_mode_on_parquet_and_jsonl_with_bad_rows(tmp_path, models):
   result = p | batch_inference_transform(
       str(tmp_path / "features-*"), models,
       predictions.ScoringConfig(("lin", "mlp")))
-  assert_that(result["predictions"], check_predictions(expected),
+  assert_that(prediction_rows(result), check_predictions(expected),
               label="Predictions")
   assert_that(result["dead_letter"] | beam.Map(lambda row: (
       row["reason"], row["source_file"].rsplit("/", 1)[-1],
@@ -190,7 +197,7 @@ def test_ensemble_of_feature_columns(tmp_path, models, combine):
         str(tmp_path / "columns.parquet"), models,
         predictions.ScoringConfig(names, predictions.ENSEMBLE, combine),
         columns=columns)
-    assert_that(result["predictions"], check_predictions(expected))
+    assert_that(prediction_rows(result), check_predictions(expected))
 
 
 def test_shadow_mode_compares_every_model_with_the_baseline(tmp_path, models):
@@ -233,10 +240,9 @@ def test_shadow_mode_compares_every_model_with_the_baseline(tmp_path, models):
     result = p | batch_inference_transform(
         str(tmp_path / "features.parquet"), models,
         predictions.ScoringConfig(names, predictions.SHADOW, baseline="lin"))
-    assert_that(result["predictions"], check_predictions(expected),
-                label="Predictions")
-    assert_that(result["predictions"], check_shadow_columns,
-                label="ShadowColumns")
+    rows = prediction_rows(result)
+    assert_that(rows, check_predictions(expected), label="Predictions")
+    assert_that(rows, check_shadow_columns, label="ShadowColumns")
     assert_that(result["shadow_summary"], check_summary, label="Summary")
 
 
@@ -290,7 +296,7 @@ def test_large_model_scores_through_one_copy_per_machine(tmp_path, models):
   p = pipeline()
   result = p | batch_inference.BatchInference(
       read, handler, predictions.ScoringConfig(("lin",)))
-  assert_that(result["predictions"], check_predictions(
+  assert_that(prediction_rows(result), check_predictions(
       {(f"r-{i}", "lin"): outputs["lin"][i, 0] for i in range(5)}))
   assert batch_inference.metrics_report(p.run())["model_loads"] == 1
 
@@ -320,7 +326,7 @@ def test_batches_that_fail_to_score_are_dead_lettered(tmp_path):
   p = pipeline()
   result = p | batch_inference.BatchInference(
       read, _FailingHandler({"first": "unused.keras"}), scoring)
-  assert_that(result["predictions"] | beam.Map(lambda row: (
+  assert_that(prediction_rows(result) | beam.Map(lambda row: (
       row["request_id"], row["prediction"])), equal_to([
           (f"r-{i}", x[i, 0]) for i in (0, 1, 2, 6, 7, 8)]),
               label="Predictions")
@@ -372,8 +378,12 @@ def test_run_writes_jsonl_and_bigquery(bq_emulator, tmp_path, models, capsys):
     assert softmax["scores"] == pytest.approx(outputs["softmax"][i], rel=1e-5)
     assert softmax["predicted_class"] == outputs["softmax"][i].argmax()
     assert str(lin["partition_date"]) == "2026-11-21"
-    for key in ("prediction", "scores", "predicted_class"):
+    for key in ("scores", "predicted_class"):
       assert written[(f"r-{i}", "lin")][key] == lin[key]
+    # The JSON line holds the shortest text of the float32 output, BigQuery
+    # its double: the same float32.
+    assert np.float32(written[(f"r-{i}", "lin")]["prediction"]) == (
+        np.float32(lin["prediction"]))
   [dead] = bigquery.read_rows(client, project, "inference_it", "dead_letter")
   assert (dead["reason"], json.loads(dead["raw"])["request_id"]) == (
       features.WRONG_FEATURE_LENGTH, "r-short")
@@ -458,5 +468,5 @@ def test_train_demo_models_writes_models_and_sample_features(tmp_path):
   lines = (tmp_path / "features.jsonl").read_bytes().splitlines()
   block = features.parse_json_lines(
       lines, features.FeatureSpec(click_data.NUM_FEATURES), "demo")
-  assert block.batch.request_ids == table["request_id"].to_pylist()
+  assert block.batch.request_ids.to_pylist() == table["request_id"].to_pylist()
   assert len(block.rejected) == len(train_demo_models.MALFORMED_JSON_LINES)

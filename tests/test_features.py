@@ -79,7 +79,7 @@ def test_json_block_keeps_valid_rows_as_one_float32_matrix():
            json.dumps(record(request_id="b", features=[4, 5, 6])).encode()]
   block = features.parse_json_lines(lines, SPEC, "f.jsonl")
   assert block.read == 3
-  assert block.batch.request_ids == ["a", "b"]
+  assert block.batch.request_ids.to_pylist() == ["a", "b"]
   assert block.batch.source == "f.jsonl"
   assert block.batch.features.dtype == np.float32
   np.testing.assert_array_equal(block.batch.features,
@@ -123,7 +123,7 @@ def test_arrow_batch_validates_every_row_like_the_record_parser(list_type):
   block = features.parse_arrow_batch(table, SPEC, "f.parquet")
 
   assert block.read == len(rows)
-  assert block.batch.request_ids == ["ok-1", "ok-2"]
+  assert block.batch.request_ids.to_pylist() == ["ok-1", "ok-2"]
   np.testing.assert_array_equal(block.batch.features,
                                 [[1.0, 2.0, -3.5], [7.0, 8.0, 9.0]])
   got = [rejected for _, rejected in block.rejected]
@@ -146,7 +146,7 @@ def test_arrow_fixed_size_integer_list_and_integer_request_ids():
       "features": pa.FixedSizeListArray.from_arrays(values, 3),
   })
   block = features.parse_arrow_batch(table.to_batches()[0], SPEC, "f.parquet")
-  assert block.batch.request_ids == ["10", "11"]
+  assert block.batch.request_ids.to_pylist() == ["10", "11"]
   np.testing.assert_array_equal(block.batch.features, [[0, 1, 2], [3, 4, 5]])
   assert [r.reason for _, r in block.rejected] == [contract.MISSING_FIELD]
 
@@ -156,7 +156,7 @@ def test_arrow_feature_columns():
                     "b": pa.array([1, None, 3], pa.int32()),
                     "c": [0.5, 0.5, float("nan")], "ignored": ["p", "q", "r"]})
   block = features.parse_arrow_batch(table, COLUMNS_SPEC, "f.parquet")
-  assert block.batch.request_ids == ["x"]
+  assert block.batch.request_ids.to_pylist() == ["x"]
   np.testing.assert_array_equal(block.batch.features, [[1.0, 1.0, 0.5]])
   assert [(r.reason, r.detail) for _, r in block.rejected] == [
       (contract.MISSING_FIELD, "b"), (features.NON_FINITE_FEATURE, "a,b,c")]
@@ -183,8 +183,8 @@ def test_arrow_column_problems_reject_every_row(table, reason, detail):
 
 
 def test_feature_batch_raw_rows_are_json_records():
-  batch = features.FeatureBatch(["a"], np.array([[0.5, 1.0, 2.0]],
-                                                np.float32))
+  batch = features.FeatureBatch(pa.array(["a"]),
+                                np.array([[0.5, 1.0, 2.0]], np.float32))
   assert [json.loads(raw) for raw in batch.raw_rows()] == [
       {"request_id": "a", "features": [0.5, 1.0, 2.0]}]
 
@@ -226,42 +226,52 @@ def test_mean_and_vote_ensembles():
 
 def scored(**outputs):
   rows = len(next(iter(outputs.values())))
-  return predictions.ScoredBatch([f"r{i}" for i in range(rows)],
+  return predictions.ScoredBatch(pa.array([f"r{i}" for i in range(rows)]),
                                  {k: np.asarray(v, np.float32)
                                   for k, v in outputs.items()},
                                  "2026-11-21T00:00:00.000000Z")
 
 
-def test_score_rows_single_and_multi_output():
-  rows = predictions.score_rows(scored(s=SIGMOID_A[:2], m=SOFTMAX_A),
-                                predictions.CLASSIFICATION)
+def rows_of(batches):
+  return [row for batch in batches for row in batch.rows()]
+
+
+def test_score_batches_single_and_multi_output():
+  batches = predictions.score_batches(scored(s=SIGMOID_A[:2], m=SOFTMAX_A),
+                                      predictions.CLASSIFICATION)
+  assert [batch.table.num_rows for batch in batches] == [2, 2]
+  rows = rows_of(batches)
   assert [(r["model"], r["request_id"], r["predicted_class"]) for r in rows] \
       == [("s", "r0", 1), ("s", "r1", 0), ("m", "r0", 0), ("m", "r1", 2)]
-  assert rows[0]["prediction"] == pytest.approx(0.9)
+  # Values are the model's float32 outputs, exactly.
+  assert rows[0]["prediction"] == np.float32(0.9)
+  assert batches[0].table["prediction"].type == pa.float32()
   assert list(rows[0]["scores"]) == []
   assert "prediction" not in rows[2]
-  np.testing.assert_allclose(rows[3]["scores"], [0.1, 0.3, 0.6], rtol=1e-6)
+  assert rows[3]["scores"] == SOFTMAX_A[1].astype(np.float32).tolist()
   assert {r["scored_at"] for r in rows} == {"2026-11-21T00:00:00.000000Z"}
-  regression = predictions.score_rows(scored(s=SIGMOID_A),
-                                      predictions.REGRESSION)
-  assert "predicted_class" not in regression[0]
+  [regression] = predictions.score_batches(scored(s=SIGMOID_A),
+                                           predictions.REGRESSION)
+  assert "predicted_class" not in regression.rows()[0]
 
 
-def test_ensemble_rows():
+def test_ensemble_batch():
   config = predictions.ScoringConfig(("a", "b"), predictions.ENSEMBLE,
                                      predictions.MEAN)
-  rows = predictions.ensemble_rows(scored(a=SIGMOID_A, b=SIGMOID_B), config)
+  rows = predictions.ensemble_batch(scored(a=SIGMOID_A, b=SIGMOID_B),
+                                    config).rows()
   assert [r["model"] for r in rows] == ["mean(a,b)"] * 4
   assert [r["prediction"] for r in rows] == pytest.approx([0.8, 0.3, 0.45,
                                                            0.425])
   assert [r["predicted_class"] for r in rows] == [1, 0, 0, 0]
 
 
-def test_shadow_rows_and_totals():
+def test_shadow_batches_and_totals():
   config = predictions.ScoringConfig(("base", "new"), predictions.SHADOW,
                                      baseline="base")
-  rows, totals = predictions.shadow_rows(
+  batches, totals = predictions.shadow_batches(
       scored(base=SIGMOID_A, new=SIGMOID_B), config)
+  rows = rows_of(batches)
   base_rows = [r for r in rows if r["model"] == "base"]
   new_rows = [r for r in rows if r["model"] == "new"]
   assert all("abs_diff" not in r for r in base_rows)

@@ -19,6 +19,7 @@ MIXED = pa.table({
     "flag": [True, False, None, True],
     "scores": [[1.0], [], None, [0.5, 0.5]],
     "source": pa.array(["s", "s", "t", "s"]).dictionary_encode(),
+    "note": pa.array(["x", None, "z", "w"], pa.large_string()),
 })
 
 

@@ -51,7 +51,7 @@ class FeatureSpec:
 @dataclasses.dataclass
 class FeatureBatch:
   """Valid rows of one block, ready for a model."""
-  request_ids: list[str]
+  request_ids: pa.Array  # of strings
   features: np.ndarray  # float32 [rows, width]
   source: str | None = None
 
@@ -61,7 +61,7 @@ class FeatureBatch:
   def raw_rows(self) -> list[str]:
     """Each row as a JSON record, for the dead-letter table."""
     return [_row_json({REQUEST_ID: request_id, FEATURES: values})
-            for request_id, values in zip(self.request_ids,
+            for request_id, values in zip(self.request_ids.to_pylist(),
                                           self.features.tolist())]
 
 
@@ -152,8 +152,9 @@ def _block(parsed: Iterable, raws: list[str], spec: FeatureSpec,
       request_ids.append(result[0])
       rows.append(result[1])
   features = np.array(rows, dtype=np.float32).reshape(len(rows), spec.width)
-  return ParsedBlock(FeatureBatch(request_ids, features, source), rejected,
-                     len(raws))
+  return ParsedBlock(
+      FeatureBatch(pa.array(request_ids, pa.string()), features, source),
+      rejected, len(raws))
 
 
 def parse_json_lines(lines: list[bytes], spec: FeatureSpec,
@@ -224,18 +225,29 @@ def _arrow_feature_list(table: pa.Table, spec: FeatureSpec, checks: list,
     return
   missing = column.is_null().to_numpy(zero_copy_only=False)
   lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy()
-  values = pc.list_flatten(column)
-  parents = pc.list_parent_indices(column).to_numpy()
-  null_values = np.zeros(rows, dtype=bool)
-  null_values[parents[values.is_null().to_numpy(zero_copy_only=False)]] = True
   right_length = lengths == spec.width
   checks.append((missing, contract.Rejected(contract.MISSING_FIELD, FEATURES)))
   checks.append((~right_length, contract.Rejected(
       WRONG_FEATURE_LENGTH, f"!= {spec.width}")))
-  checks.append((null_values, contract.Rejected(contract.WRONG_TYPE,
-                                                FEATURES)))
+  checks.append((_fill_matrix(column, right_length, matrix),
+                 contract.Rejected(contract.WRONG_TYPE, FEATURES)))
+
+
+def _fill_matrix(column: pa.Array, right_length: np.ndarray,
+                 matrix: np.ndarray) -> np.ndarray:
+  """Copies the lists of the right length into their rows of `matrix`;
+  returns which rows hold a null value."""
+  values = pc.list_flatten(column)
   flat = values.to_numpy(zero_copy_only=False)
-  matrix[right_length] = flat[right_length[parents]].reshape(-1, spec.width)
+  null_values = np.zeros(len(column), dtype=bool)
+  if values.null_count == 0 and right_length.all():
+    matrix[:] = flat.reshape(matrix.shape)  # The usual block: nothing to pick.
+    return null_values
+  parents = pc.list_parent_indices(column).to_numpy()
+  null_values[parents[values.is_null().to_numpy(zero_copy_only=False)]] = True
+  matrix[right_length] = flat[right_length[parents]].reshape(
+      -1, matrix.shape[1])
+  return null_values
 
 
 def _arrow_feature_columns(table: pa.Table, spec: FeatureSpec, checks: list,
@@ -277,13 +289,14 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, spec: FeatureSpec,
   for index, (rejects, _) in reversed(list(enumerate(checks))):
     failed_check[rejects] = index + 1
   valid = failed_check == 0
-  batch = FeatureBatch(request_ids.filter(pa.array(valid)).to_pylist(),
-                       matrix[valid], source)
-  rejected = []
-  if not valid.all():
-    present = [c for c in spec.input_columns if c in table.column_names]
-    rejected_rows = np.flatnonzero(~valid)
-    records = table.select(present).take(pa.array(rejected_rows)).to_pylist()
-    rejected = [(_row_json(record), checks[failed_check[row] - 1][1])
-                for row, record in zip(rejected_rows, records)]
+  if valid.all():
+    return ParsedBlock(FeatureBatch(request_ids, matrix, source), [],
+                       table.num_rows)
+  batch = FeatureBatch(request_ids.filter(pa.array(valid)), matrix[valid],
+                       source)
+  present = [c for c in spec.input_columns if c in table.column_names]
+  rejected_rows = np.flatnonzero(~valid)
+  records = table.select(present).take(pa.array(rejected_rows)).to_pylist()
+  rejected = [(_row_json(record), checks[failed_check[row] - 1][1])
+              for row, record in zip(rejected_rows, records)]
   return ParsedBlock(batch, rejected, table.num_rows)

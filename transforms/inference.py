@@ -1,10 +1,10 @@
 """Beam parts of batch inference: read feature batches, score them with shared
 Keras models, turn the outputs into table rows.
 
-From the reader through the models, one element is a whole block of rows (a
-`features.FeatureBatch`, then a `predictions.ScoredBatch`): Beam's
-per-element cost is paid once per block. Only the prediction rows are single
-elements, as the table sinks take them.
+From the reader to the sink, one element is a whole block of rows (a
+`features.FeatureBatch`, then a `predictions.ScoredBatch`, then a
+`json_lines.RowBatch` of predictions per model): Beam's per-element cost is
+paid once per block.
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ class ScoreBatches(beam.PTransform):
                              | "FlattenCounts" >> beam.Flatten())}
 
 
-class _PredictionRows(beam.DoFn):
-  """A ScoredBatch -> predictions rows (and shadow totals per model)."""
+class _PredictionBatches(beam.DoFn):
+  """A ScoredBatch -> predictions RowBatches (and shadow totals per model)."""
 
   def __init__(self, config: predictions.ScoringConfig):
     self._config = config
@@ -273,27 +273,28 @@ class _PredictionRows(beam.DoFn):
   def process(self, scored):
     config = self._config
     if config.mode == predictions.SCORE:
-      yield from predictions.score_rows(scored, config.task)
+      yield from predictions.score_batches(scored, config.task)
     elif config.mode == predictions.ENSEMBLE:
-      yield from predictions.ensemble_rows(scored, config)
+      yield predictions.ensemble_batch(scored, config)
     else:
-      rows, totals = predictions.shadow_rows(scored, config)
-      yield from rows
+      batches, totals = predictions.shadow_batches(scored, config)
+      yield from batches
       for model, model_totals in totals.items():
         yield pvalue.TaggedOutput(SHADOW_TOTALS, (model, model_totals))
 
 
 class ToPredictions(beam.PTransform):
-  """ScoredBatches -> predictions rows ("rows"), and in shadow mode
-  (model, predictions.ShadowTotals) partial sums per batch (SHADOW_TOTALS)."""
+  """ScoredBatches -> predictions rows as `json_lines.RowBatch`es ("batches"),
+  and in shadow mode (model, predictions.ShadowTotals) partial sums per batch
+  (SHADOW_TOTALS)."""
 
   def __init__(self, config: predictions.ScoringConfig):
     super().__init__()
     self._config = config
 
   def expand(self, scored):
-    return scored | "Rows" >> beam.ParDo(_PredictionRows(
-        self._config)).with_outputs(SHADOW_TOTALS, main="rows")
+    return scored | "Batches" >> beam.ParDo(_PredictionBatches(
+        self._config)).with_outputs(SHADOW_TOTALS, main="batches")
 
 
 class ShadowSummary(beam.PTransform):

@@ -38,7 +38,9 @@ def _per_value(column: pa.Array) -> pa.Array:
 def _json_values(column: pa.Array) -> pa.Array:
   """The JSON text of every value of a column (nulls stay null)."""
   kind = column.type
-  if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+  if pa.types.is_large_string(kind):  # Lines are joined with 32-bit offsets.
+    return _json_values(column.cast(pa.string()))
+  if pa.types.is_string(kind):
     if pc.any(pc.match_substring_regex(column, _NEEDS_ESCAPING)).as_py():
       return _per_value(column)
     return pc.binary_join_element_wise('"', column, '"', "")
@@ -54,12 +56,13 @@ def _json_values(column: pa.Array) -> pa.Array:
   return _per_value(column)
 
 
-def _concatenated(lines: pa.Array) -> bytes:
-  """The bytes of every string of `lines`, back to back, from its buffer."""
+def _concatenated(lines: pa.Array, drop_last: int = 0) -> bytes:
+  """The bytes of every string of `lines`, back to back, from its buffer,
+  less the last `drop_last` bytes (sliced before the one copy)."""
   offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1,
                           lines.offset * 4)
-  return lines.buffers()[2].slice(offsets[0],
-                                  offsets[-1] - offsets[0]).to_pybytes()
+  return lines.buffers()[2].slice(
+      offsets[0], offsets[-1] - offsets[0] - drop_last).to_pybytes()
 
 
 def encode(batch: RowBatch) -> bytes:
@@ -80,4 +83,4 @@ def encode(batch: RowBatch) -> bytes:
     opening = ""
   pieces.append("}\n")
   lines = pc.binary_join_element_wise(*pieces, "")
-  return _concatenated(lines)[:-1]
+  return _concatenated(lines, drop_last=1)

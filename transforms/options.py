@@ -47,9 +47,21 @@ class Option:
       kwargs["action"] = self.action
     else:
       kwargs["type"] = self.type
+    if self.type is parse_bool:
+      # `--flag` alone, or `--flag=true|false` as a template parameter passes it.
+      kwargs.update(nargs="?", const=True)
     if self.choices:
       kwargs["choices"] = self.choices
     parser.add_argument(f"--{self.name}", **kwargs)
+
+
+def parse_bool(text: str) -> bool:
+  if text.lower() not in ("true", "false"):
+    raise ValueError(f"expected true or false: {text}")
+  return text.lower() == "true"
+
+
+BOOL_REGEX = r"^(true|false|True|False)$"
 
 
 def today() -> str:

@@ -1,9 +1,11 @@
 """What model outputs become: prediction rows, ensembles, shadow comparisons.
 
-Pure (numpy, no Beam). Every function works on a whole scored batch: an output
-is a [rows, k] array per model, k = 1 for a single score (a sigmoid
-probability, a regression value) or one column per class. A classifier's
-class is `score > 0.5` for a single output and the argmax otherwise.
+Pure (numpy and pyarrow, no Beam). Every function works on a whole scored
+batch: an output is a [rows, k] array per model, k = 1 for a single score (a
+sigmoid probability, a regression value) or one column per class, and its
+rows are one `json_lines.RowBatch` per model, built from the arrays as they
+are. A classifier's class is `score > 0.5` for a single output and the argmax
+otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import functools
 from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
+
+from transforms import json_lines
 
 SCORE = "score"
 ENSEMBLE = "ensemble"
@@ -62,7 +67,7 @@ class ScoringConfig:
 @dataclasses.dataclass
 class ScoredBatch:
   """One feature batch and every model's output for it."""
-  request_ids: list[str]
+  request_ids: pa.Array  # of strings
   outputs: dict[str, np.ndarray]  # model name -> [rows, k]
   scored_at: str  # When the batch was scored, as schemas.format_timestamp.
 
@@ -102,22 +107,16 @@ def combine(outputs: list[np.ndarray], how: str) -> np.ndarray:
   return np.mean(outputs, axis=0)
 
 
-def _rows(constants: dict, columns: dict[str, list]) -> list[dict]:
-  names = (*constants, *columns)
-  values = tuple(constants.values())
-  return [dict(zip(names, (*values, *row)))
-          for row in zip(*columns.values())]
-
-
-def _prediction_columns(request_ids: list[str], output: np.ndarray,
-                        task: str) -> dict[str, list]:
+def _prediction_columns(request_ids: pa.Array, output: np.ndarray,
+                        task: str) -> dict[str, pa.Array]:
   columns = {"request_id": request_ids}
   if output.shape[1] == 1:
-    columns["prediction"] = output[:, 0].tolist()
+    columns["prediction"] = pa.array(output[:, 0])
   else:
-    columns["scores"] = output.tolist()
+    columns["scores"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(output.reshape(-1)), output.shape[1])
   if task == CLASSIFICATION:
-    columns["predicted_class"] = predicted_classes(output).tolist()
+    columns["predicted_class"] = pa.array(predicted_classes(output))
   return columns
 
 
@@ -127,23 +126,26 @@ def _constants(output: np.ndarray, **values) -> dict:
   return values
 
 
-def score_rows(scored: ScoredBatch, task: str) -> list[dict]:
-  """One predictions row per model and request."""
-  rows = []
-  for model, output in scored.outputs.items():
-    rows += _rows(
-        _constants(output, model=model, scored_at=scored.scored_at),
-        _prediction_columns(scored.request_ids, output, task))
-  return rows
+def _model_batch(model: str, scored: ScoredBatch, output: np.ndarray,
+                 task: str, **columns: pa.Array) -> json_lines.RowBatch:
+  return json_lines.RowBatch(
+      _constants(output, model=model, scored_at=scored.scored_at),
+      pa.table({**_prediction_columns(scored.request_ids, output, task),
+                **columns}))
 
 
-def ensemble_rows(scored: ScoredBatch, config: ScoringConfig) -> list[dict]:
-  """One predictions row per request: the models' combined output."""
+def score_batches(scored: ScoredBatch, task: str) -> list[json_lines.RowBatch]:
+  """The predictions rows of every model, a batch per model."""
+  return [_model_batch(model, scored, output, task)
+          for model, output in scored.outputs.items()]
+
+
+def ensemble_batch(scored: ScoredBatch,
+                   config: ScoringConfig) -> json_lines.RowBatch:
+  """The predictions rows of the models' combined output, one per request."""
   output = combine([scored.outputs[model] for model in config.models],
                    config.combine)
-  return _rows(_constants(output, model=config.ensemble_name,
-                          scored_at=scored.scored_at),
-               _prediction_columns(scored.request_ids, output, config.task))
+  return _model_batch(config.ensemble_name, scored, output, config.task)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +182,7 @@ def sum_totals(totals: Iterable[ShadowTotals]) -> ShadowTotals:
 
 
 def compare(output: np.ndarray, baseline: np.ndarray,
-            task: str) -> tuple[dict[str, list], ShadowTotals]:
+            task: str) -> tuple[dict[str, pa.Array], ShadowTotals]:
   """A model's output against the baseline's: per-row columns and totals.
 
   A row's difference is the mean over the output columns of model - baseline.
@@ -190,30 +192,30 @@ def compare(output: np.ndarray, baseline: np.ndarray,
                      f"{baseline.shape}")
   diff = (output - baseline).mean(axis=1, dtype=np.float64)
   abs_diff = np.abs(output - baseline).mean(axis=1, dtype=np.float64)
-  columns = {"abs_diff": abs_diff.tolist()}
+  columns = {"abs_diff": pa.array(abs_diff)}
   if baseline.shape[1] == 1:
-    columns["baseline_prediction"] = baseline[:, 0].tolist()
+    columns["baseline_prediction"] = pa.array(baseline[:, 0])
   agreements = None
   if task == CLASSIFICATION:
     agrees = predicted_classes(output) == predicted_classes(baseline)
-    columns["agrees"] = agrees.tolist()
+    columns["agrees"] = pa.array(agrees)
     agreements = int(agrees.sum())
   totals = ShadowTotals(len(output), float(diff.sum()), float(abs_diff.sum()),
                         float(abs_diff.max(initial=0.0)), agreements)
   return columns, totals
 
 
-def shadow_rows(scored: ScoredBatch, config: ScoringConfig
-               ) -> tuple[list[dict], dict[str, ShadowTotals]]:
-  """Every model's rows, the others compared with the baseline; and each
-  other model's totals."""
+def shadow_batches(
+    scored: ScoredBatch, config: ScoringConfig
+) -> tuple[list[json_lines.RowBatch], dict[str, ShadowTotals]]:
+  """Every model's predictions rows, a batch per model, the others compared
+  with the baseline; and each other model's totals."""
   baseline = scored.outputs[config.baseline]
-  rows, totals = [], {}
+  batches, totals = [], {}
   for model, output in scored.outputs.items():
-    constants = _constants(output, model=model, scored_at=scored.scored_at)
-    columns = _prediction_columns(scored.request_ids, output, config.task)
+    comparison = {}
     if model != config.baseline:
       comparison, totals[model] = compare(output, baseline, config.task)
-      columns.update(comparison)
-    rows += _rows(constants, columns)
-  return rows, totals
+    batches.append(_model_batch(model, scored, output, config.task,
+                                **comparison))
+  return batches, totals
