@@ -4,7 +4,9 @@ Simulates a router serving three arms with different true reward rates (plus
 a shadow model, duplicates, late, orphan, Seldon-format and malformed records),
 starts the local BigQuery emulator, runs the batch reward pipeline on the
 DirectRunner into it, prints the per-arm table read back from BigQuery, and
-renders the HTML report from it.
+renders the HTML report from it. Then trains two small Keras click models and
+shadow-scores the candidate against the baseline with the batch inference
+pipeline, into the emulator too.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import argparse
 import logging
 import os
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up noise.
+
+from pipelines import batch_inference
 from pipelines import report
 from pipelines import reward_batch
+from pipelines import train_demo_models
 from transforms import bigquery
 from transforms import bq_emulator
 from transforms import quality
 from transforms import simulate
 
 DATASET = "online_eval"
+# Each batch pipeline replaces its day partition of the tables it writes, so
+# the two pipelines write to datasets of their own.
+INFERENCE_DATASET = "online_eval_inference"
 SCENARIO = simulate.Scenario(
     experiment_id="homepage-ranker", policy="thompson",
     arms=(simulate.Arm("control", 0.10), simulate.Arm("candidate-a", 0.12),
@@ -113,7 +122,28 @@ def main(argv=None) -> None:
     page = report.run([f"--input={emulator.project}:{DATASET}",
                        f"--bigquery_emulator_host={emulator.host}",
                        f"--out={args.workdir}/report.html"])
+    run_inference(args.workdir, emulator)
   print(f"\nreport: {os.path.abspath(page)}")
+
+
+def run_inference(workdir: str, emulator) -> None:
+  """Train two click models, shadow-score the candidate against the baseline."""
+  models = f"{workdir}/models"
+  print("\ntraining two Keras click models (logreg, mlp) on generated data")
+  train_demo_models.main([f"--out={models}", "--sample_rows=2000"])
+  batch_inference.run([
+      f"--features={models}/features.jsonl",
+      f"--model=logreg={models}/logreg.keras",
+      f"--model=mlp={models}/mlp.keras", "--mode=shadow", "--baseline=logreg",
+      f"--output_dataset={emulator.project}:{INFERENCE_DATASET}",
+      f"--bigquery_emulator_host={emulator.host}",
+      f"--output_dir={workdir}/inference", "--runner=FnApiRunner"])
+  client = bigquery.bigquery_client(emulator.project, emulator.host)
+  for row in bigquery.read_rows(client, emulator.project, INFERENCE_DATASET,
+                                "shadow_summary"):
+    print(f"shadow {row['model']} vs {row['baseline']}: {row['rows']:,} rows, "
+          f"agreement {row['agreement_rate']:.3f}, "
+          f"mean |diff| {row['mean_abs_diff']:.4f}")
 
 
 if __name__ == "__main__":
