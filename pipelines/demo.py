@@ -15,8 +15,6 @@ import argparse
 import logging
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up noise.
-
 from pipelines import batch_inference
 from pipelines import report
 from pipelines import reward_batch

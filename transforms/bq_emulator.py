@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -42,6 +43,18 @@ def serve(project: str, port: int, data_dir: str | None = None) -> None:
 
   # Offline: skip the spatial and Avro extension downloads (module docstring).
   engine.DuckDBEngine._load_spatial = lambda self: None
+  # Reads run in worker threads and streaming inserts on the event loop, on one
+  # DuckDB connection: a read during an insert fails it ("connection has an
+  # unfinished result"). Each thread gets its own cursor of the database.
+  shared_connection = engine.DuckDBEngine.connection.fget
+  cursors = threading.local()
+
+  def connection_of_this_thread(self):
+    if getattr(cursors, "cursor", None) is None:
+      cursors.cursor = shared_connection(self).cursor()
+    return cursors.cursor
+
+  engine.DuckDBEngine.connection = property(connection_of_this_thread)
   settings = config.Settings(
       rest_port=port,
       grpc_port=0,  # The Storage APIs (gRPC) are not used: any free port.

@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import arm_table
+from transforms import rewards
 
 ROUTER_STATE = "router_state"
 
@@ -26,11 +27,39 @@ class _ExperimentRows(beam.DoFn):
     yield pvalue.TaggedOutput(ROUTER_STATE, state)
 
 
+class _ArmsOfExperiment(beam.CombineFn):
+  """(arm, ArmAccumulator) pairs -> {arm: merged ArmAccumulator}.
+
+  A combine rather than a GroupByKey: behind accumulating panes a GroupByKey
+  would hold every earlier pane of an arm as well as the latest one.
+  """
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, arms, arm_and_partial):
+    arm, partial = arm_and_partial
+    arms[arm] = arms.get(arm, rewards.ArmAccumulator()).merge(partial)
+    return arms
+
+  def merge_accumulators(self, accumulators):
+    merged = {}
+    for arms in accumulators:
+      for arm_and_partial in arms.items():
+        merged = self.add_input(merged, arm_and_partial)
+    return merged
+
+  def extract_output(self, arms):
+    return arms
+
+
 class ExperimentStatistics(beam.PTransform):
   """((experiment_id, arm), ArmAccumulator) -> arm_stats rows; router_state rows tagged.
 
-  In a fixed event-time window the rows carry the window's bounds; in the
-  global window, the span of the experiment's predictions.
+  Partials of one arm are merged, so the input may be per-request
+  contributions as well as per-arm totals. In a fixed event-time window the
+  rows carry the window's bounds; in the global window, the span of the
+  experiment's predictions.
   """
 
   def __init__(self, config: arm_table.StatisticsConfig):
@@ -41,6 +70,6 @@ class ExperimentStatistics(beam.PTransform):
     return (arm_totals
             | "ByExperiment" >> beam.MapTuple(
                 lambda key, acc: (key[0], (key[1], acc)))
-            | "GroupArms" >> beam.GroupByKey()
+            | "CombineArms" >> beam.CombinePerKey(_ArmsOfExperiment())
             | "Statistics" >> beam.ParDo(_ExperimentRows(
                 self._config)).with_outputs(ROUTER_STATE, main="arm_stats"))

@@ -225,3 +225,61 @@ def attribute(predictions: pa.Table, feedback: pa.Table,
                         np.ones(len(first), dtype=bool), group_rewards,
                         f_ts[first], config.missing_reward)
   return Attribution(partials, dict(counts), orphans)
+
+
+# One request at a time (the streaming attribution): the same semantics as
+# `attribute`, for the prediction and feedback records of a single request id.
+
+
+def reduce_rewards(rewards, how: str) -> float:
+  """The reward of a request from its counted rewards, in event-time order."""
+  if how == "max":
+    return max(rewards)
+  if how == "sum":
+    return sum(rewards)
+  if how == "first":
+    return rewards[0]
+  return rewards[-1]
+
+
+def request_contribution(prediction_ts: float, reward: float | None,
+                         missing_reward: str) -> ArmAccumulator:
+  """What a served request adds to its arm; `reward` None: no counted feedback."""
+  if reward is None:
+    samples = 1 if missing_reward == "zero" else 0
+    return ArmAccumulator(1, 0, samples, 0.0, 0.0, 0, prediction_ts,
+                          prediction_ts)
+  return ArmAccumulator(1, 1, 1, reward, reward * reward,
+                        int(reward not in (0.0, 1.0)), prediction_ts,
+                        prediction_ts)
+
+
+class RequestOutcome(NamedTuple):
+  """A request once its attribution window has closed."""
+  contribution: ArmAccumulator | None  # None for a shadow prediction
+  counts: dict  # {(record_type, metric): int}
+
+
+def attribute_request(prediction_ts: float, shadow: bool, feedback,
+                      config: AttributionConfig) -> RequestOutcome:
+  """The outcome of one request from its kept (earliest) prediction and every
+  feedback on it, [(ts, reward)] in arrival order."""
+  counts = collections.Counter()
+  if shadow:
+    counts[(contract.PREDICTION, SHADOW)] += 1
+    counts[(contract.FEEDBACK, SHADOW)] += len(feedback)
+    return RequestOutcome(None, dict(+counts))
+  counts[(contract.PREDICTION, COUNTED)] += 1
+  in_window = sorted(
+      (f for f in feedback
+       if f[0] - prediction_ts <= config.attribution_window_s),
+      key=lambda f: f[0])
+  counts[(contract.FEEDBACK, LATE)] += len(feedback) - len(in_window)
+  reward = None
+  if in_window:
+    counts[(contract.FEEDBACK, COUNTED)] += 1
+    counts[(contract.FEEDBACK, DUPLICATE)] += len(in_window) - 1
+    reward = reduce_rewards([r for _, r in in_window], config.reward_reduce)
+  return RequestOutcome(
+      request_contribution(prediction_ts, reward, config.missing_reward),
+      dict(+counts))

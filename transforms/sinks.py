@@ -10,6 +10,7 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+from apache_beam.transforms import window
 
 from transforms import contract
 from transforms import json_lines
@@ -123,8 +124,12 @@ class WriteTable(beam.PTransform):
                file_name_suffix=self._table.file_suffix))
     if not self._config.dataset:
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
+    # Rows carry their window in columns. In the global window the direct
+    # runner does not drop, inside WriteToBigQuery's reshuffle, the late panes
+    # of a streaming job's event-time windows.
     result = (stamped
               | "ToRows" >> beam.FlatMap(_to_rows)
+              | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
               | "WriteBigQuery" >> self._bigquery_write())
     if self._config.method != "STREAMING_INSERTS":
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
