@@ -1,0 +1,180 @@
+"""Attribute feedback to predictions as they stream in: state and timers per request_id.
+
+The records of one request wait in state until its attribution window closes
+in event time (prediction time + attribution window). Then the request is
+decided once, with the batch semantics (`rewards.attribute_request`), and its
+contribution to its arm is emitted at the prediction's event time, so that
+event-time windows downstream group it with the other predictions of its
+window. One event-time timer per request drives its life:
+
+  a prediction ───► timer at its ts + attribution window
+                      fires: decide, emit the contribution; timer += lateness
+                      fires: clear the state
+  feedback first ─► timer at the latest feedback ts + lateness (a prediction
+                    coming meanwhile sets it as above)
+                      fires: orphan_feedback dead letters; clear the state
+
+A request's state is gone `lateness_s` after its window has closed. During
+that tombstone, straggling feedback counts as late (or shadow) and straggling
+prediction logs as duplicates instead of starting a new request.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import userstate
+
+from transforms import contract
+from transforms import messages
+from transforms import quality
+from transforms import rewards
+
+METRICS_NAMESPACE = "streaming_attribution"
+REQUESTS_OPENED = "requests_opened"
+REQUESTS_CLEARED = "requests_cleared"
+
+
+def _count(record_type: str, metric: str, count: int = 1):
+  return pvalue.TaggedOutput(quality.COUNTS, ((record_type, metric), count))
+
+
+class _AttributeRequestFn(beam.DoFn):
+  """(request_id, (record_type, record)) -> ((experiment_id, arm), ArmAccumulator)
+  once per served request; tagged orphan dead letters and counts."""
+
+  # (ts, experiment_id, arm, shadow) of the earliest prediction log.
+  PREDICTION = userstate.ReadModifyWriteStateSpec(
+      "prediction", coders.TupleCoder((coders.FloatCoder(),
+                                       coders.StrUtf8Coder(),
+                                       coders.StrUtf8Coder(),
+                                       coders.BooleanCoder())))
+  # (ts, reward, raw) of each feedback record, until the request is decided.
+  FEEDBACK = userstate.BagStateSpec(
+      "feedback", coders.TupleCoder((coders.FloatCoder(), coders.FloatCoder(),
+                                     coders.StrUtf8Coder())))
+  DECIDED = userstate.ReadModifyWriteStateSpec("decided",
+                                               coders.BooleanCoder())
+  DEADLINE = userstate.TimerSpec("deadline", userstate.TimeDomain.WATERMARK)
+
+  def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
+               feedback_source: str):
+    self._config = config
+    self._lateness_s = lateness_s
+    self._feedback_source = feedback_source
+    self._opened = Metrics.counter(METRICS_NAMESPACE, REQUESTS_OPENED)
+    self._cleared = Metrics.counter(METRICS_NAMESPACE, REQUESTS_CLEARED)
+
+  def process(self, element, prediction=beam.DoFn.StateParam(PREDICTION),
+              feedback=beam.DoFn.StateParam(FEEDBACK),
+              decided=beam.DoFn.StateParam(DECIDED),
+              deadline=beam.DoFn.TimerParam(DEADLINE)):
+    _, (record_type, record) = element
+    kept = prediction.read()
+    pending = list(feedback.read())
+    if kept is None and not pending:
+      self._opened.inc()
+    if record_type == contract.PREDICTION:
+      yield from self._on_prediction(record, kept, prediction, decided,
+                                     deadline)
+    else:
+      yield from self._on_feedback(record, kept, pending, feedback, decided,
+                                   deadline)
+
+  def _on_prediction(self, record, kept, prediction, decided, deadline):
+    if kept is not None:
+      yield _count(contract.PREDICTION, rewards.DUPLICATE)
+      if decided.read() or kept[0] <= record["ts"]:
+        return
+    # The earliest prediction log of a request is the one kept, as in batch.
+    prediction.write((record["ts"], record["experiment_id"], record["arm"],
+                      record["shadow"]))
+    deadline.set(record["ts"] + self._config.attribution_window_s)
+
+  def _on_feedback(self, record, kept, pending, feedback, decided, deadline):
+    if decided.read():
+      yield _count(contract.FEEDBACK,
+                   rewards.SHADOW if kept[3] else rewards.LATE)
+      return
+    feedback.add((record["ts"], record["reward"], record["raw"]))
+    if kept is None:
+      # Its prediction may still come until the latest feedback is this late.
+      latest = max([ts for ts, _, _ in pending] + [record["ts"]])
+      deadline.set(latest + self._lateness_s)
+
+  @userstate.on_timer(DEADLINE)
+  def on_deadline(self, prediction=beam.DoFn.StateParam(PREDICTION),
+                  feedback=beam.DoFn.StateParam(FEEDBACK),
+                  decided=beam.DoFn.StateParam(DECIDED),
+                  deadline=beam.DoFn.TimerParam(DEADLINE)):
+    kept = prediction.read()
+    if kept is None:
+      yield from self._orphans(feedback.read())
+      feedback.clear()
+      self._cleared.inc()
+    elif not decided.read():
+      yield from self._decide(kept, feedback.read())
+      feedback.clear()
+      decided.write(True)
+      deadline.set(kept[0] + self._config.attribution_window_s +
+                   self._lateness_s)
+    else:
+      prediction.clear()
+      decided.clear()
+      self._cleared.inc()
+
+  def _decide(self, kept, pending):
+    ts, experiment_id, arm, shadow = kept
+    outcome = rewards.attribute_request(
+        ts, shadow, [(f_ts, reward) for f_ts, reward, _ in pending],
+        self._config)
+    for (record_type, metric), count in outcome.counts.items():
+      yield _count(record_type, metric, count)
+    if outcome.contribution is not None:
+      yield beam.window.TimestampedValue(
+          ((experiment_id, arm), outcome.contribution), ts)
+
+  def _orphans(self, pending):
+    rejected = contract.Rejected(contract.ORPHAN_FEEDBACK, "request_id")
+    for _, _, raw in pending:
+      yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
+          contract.FEEDBACK, self._feedback_source, raw, rejected))
+      yield _count(contract.FEEDBACK,
+                   quality.dead_letter_metric(contract.ORPHAN_FEEDBACK))
+
+
+class AttributeRequests(beam.PTransform):
+  """{"predictions", "feedback"} records -> ((experiment_id, arm), ArmAccumulator)
+  per served request, at the prediction's event time.
+
+  `lateness_s`: how late (behind the watermark) a record may arrive and still
+  join its request. Tagged outputs: `quality.DEAD_LETTER` (orphan feedback,
+  source_file = `feedback_source`), `quality.COUNTS`.
+  """
+
+  def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
+               feedback_source: str):
+    super().__init__()
+    self._config = config
+    self._lateness_s = lateness_s
+    self._feedback_source = feedback_source
+
+  def expand(self, records):
+    keyed = [
+        records[name] | f"Key_{name}" >> beam.Map(
+            lambda record, record_type: (record["request_id"],
+                                         (record_type, record)),
+            record_type).with_output_types(typing.Tuple[str, typing.Any])
+        for name, record_type in messages.SOURCES.items()
+    ]
+    return (keyed
+            | "FlattenRecords" >> beam.Flatten()
+            | "AttributePerRequest" >> beam.ParDo(_AttributeRequestFn(
+                self._config, self._lateness_s,
+                self._feedback_source)).with_outputs(quality.DEAD_LETTER,
+                                                     quality.COUNTS,
+                                                     main="contributions"))
