@@ -1,0 +1,170 @@
+"""Online-eval pipelines on Dataflow, launched from their Flex Templates.
+
+  online_eval_rewards_daily      03:00 UTC: the previous day's partition
+      aggregate_rewards (reward_batch) >> check_router_state
+      >> publish_router_state (router_state_current, what routers read)
+  online_eval_inference_nightly  01:00 UTC: batch_inference on the previous
+      day's features
+  online_eval_streaming_deploy   manual: launch reward_streaming, or update
+      the running job in place (after a new template is built)
+
+Settings come from the Airflow Variable `online_eval` (JSON; keys in
+README, "Run on Google Cloud"). Template parameters are checked against
+templates/<name>/metadata.json, generated from the pipelines' options: a
+renamed option fails parsing here, not the scheduled run.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+from airflow.providers.google.cloud.operators.bigquery import BigQueryCheckOperator
+from airflow.providers.google.cloud.operators.bigquery import BigQueryInsertJobOperator
+from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+from airflow.sdk import DAG
+from airflow.sdk import AsyncCallback
+from airflow.sdk import CronTriggerTimetable
+from airflow.sdk import DeadlineAlert
+from airflow.sdk import DeadlineReference
+from airflow.sdk import Variable
+from airflow.sdk import task
+
+import online_eval_alerts
+from templates import registry
+
+SETTINGS = "online_eval"
+PARTITION = "{{ macros.ds_add(ds, -1) }}"  # The run at 03:00 owns yesterday.
+STREAMING_JOB = "reward-streaming"
+START_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": datetime.timedelta(minutes=10),
+    "on_failure_callback": online_eval_alerts.task_failed,
+}
+
+
+def setting(key: str) -> str:
+  """A template that renders to one key of the `online_eval` Variable."""
+  return "{{ var.json.%s.%s }}" % (SETTINGS, key)
+
+
+def table(dataset_key: str, name: str) -> str:
+  return f"`{setting('project')}.{setting(dataset_key)}.{name}`"
+
+
+def deadline(hours: int) -> DeadlineAlert:
+  """Alert when a run is not done `hours` after it was queued."""
+  return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
+                       interval=datetime.timedelta(hours=hours),
+                       callback=AsyncCallback(online_eval_alerts.run_late))
+
+
+def flex_template(task_id: str, name: str, job_name: str, parameters: dict,
+                  update: bool = False,
+                  **operator_kwargs) -> DataflowStartFlexTemplateOperator:
+  """Launch template `name` (built by templates/build_and_run.sh) with its own
+  image as the workers' SDK container."""
+  bucket = setting("bucket")
+  image = f"{setting('image')}-{name.replace('_', '-')}:{setting('tag')}"
+  body = {"launchParameter": {
+      "jobName": job_name,
+      "containerSpecGcsPath": f"gs://{bucket}/templates/{name}.json",
+      "parameters": parameters,
+      "environment": {"sdkContainerImage": image,
+                      "tempLocation": f"gs://{bucket}/tmp",
+                      "stagingLocation": f"gs://{bucket}/staging",
+                      "enableStreamingEngine":
+                          registry.PIPELINES[name].streaming},
+      "update": update,
+  }}
+  return DataflowStartFlexTemplateOperator(
+      task_id=task_id, body=body, project_id=setting("project"),
+      location=setting("region"), **operator_kwargs)
+
+
+with DAG(dag_id="online_eval_rewards_daily",
+         description="Rewards, statistics and router state of yesterday",
+         schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+         start_date=START_DATE, catchup=False, max_active_runs=1,
+         default_args=DEFAULT_ARGS, deadline=deadline(hours=4),
+         tags=["online-eval"]):
+  logs = setting("logs")
+  aggregate_rewards = flex_template(
+      "aggregate_rewards", "reward_batch", "reward-batch-{{ ds_nodash }}",
+      registry.template_parameters(
+          "reward_batch",
+          predictions=f"{logs}/predictions/dt={PARTITION}/*",
+          feedback=f"{logs}/feedback/dt={PARTITION}/*",
+          output_dataset=f"{setting('project')}:{setting('dataset')}",
+          partition_date=PARTITION, run_id="{{ run_id }}"),
+      wait_until_finished=True)
+
+  # Every experiment with arm statistics that day has its router state.
+  check_router_state = BigQueryCheckOperator(
+      task_id="check_router_state", use_legacy_sql=False,
+      sql=f"""
+        SELECT COUNT(*) > 0, COUNTIF(state.experiment_id IS NULL) = 0
+        FROM (SELECT DISTINCT experiment_id FROM {table('dataset', 'arm_stats')}
+              WHERE partition_date = '{PARTITION}') AS stats
+        LEFT JOIN (SELECT experiment_id FROM {table('dataset', 'router_state')}
+                   WHERE partition_date = '{PARTITION}') AS state
+        ON stats.experiment_id = state.experiment_id""")
+
+  # Routers poll one small table; it changes only after the check passed, and
+  # always to the newest day (a backfill does not roll it back).
+  publish_router_state = BigQueryInsertJobOperator(
+      task_id="publish_router_state", project_id=setting("project"),
+      configuration={"query": {"useLegacySql": False, "query": f"""
+        CREATE OR REPLACE TABLE {table('dataset', 'router_state_current')} AS
+        SELECT * FROM {table('dataset', 'router_state')}
+        WHERE partition_date = (SELECT MAX(partition_date)
+                                FROM {table('dataset', 'router_state')})"""}})
+
+  aggregate_rewards >> check_router_state >> publish_router_state
+
+
+with DAG(dag_id="online_eval_inference_nightly",
+         description="Every model's predictions on yesterday's features",
+         schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),
+         start_date=START_DATE, catchup=False, max_active_runs=1,
+         default_args=DEFAULT_ARGS, deadline=deadline(hours=3),
+         tags=["online-eval"]):
+  flex_template(
+      "batch_inference", "batch_inference", "batch-inference-{{ ds_nodash }}",
+      registry.template_parameters(
+          "batch_inference",
+          features=f"{setting('features')}/dt={PARTITION}/*.parquet",
+          model=setting("model"),
+          output_dataset=f"{setting('project')}:{setting('dataset')}",
+          partition_date=PARTITION, run_id="{{ run_id }}"),
+      wait_until_finished=True)
+
+
+with DAG(dag_id="online_eval_streaming_deploy",
+         description="Launch the streaming reward job, or update it in place",
+         schedule=None, start_date=START_DATE, catchup=False,
+         max_active_runs=1, default_args=DEFAULT_ARGS, tags=["online-eval"]):
+
+  @task.branch
+  def launch_or_update() -> str:
+    settings = Variable.get(SETTINGS, deserialize_json=True)
+    running = DataflowHook().is_job_dataflow_running(
+        name=STREAMING_JOB, project_id=settings["project"],
+        location=settings["region"])
+    return "update_streaming" if running else "launch_streaming"
+
+  streaming_parameters = registry.template_parameters(
+      "reward_streaming",
+      predictions_subscription=setting("predictions_subscription"),
+      feedback_subscription=setting("feedback_subscription"),
+      output_dataset=f"{setting('project')}:{setting('streaming_dataset')}")
+  # The job name stays STREAMING_JOB: an update replaces the job of that name,
+  # keeping its state.
+  launch_or_update() >> [
+      flex_template("launch_streaming", "reward_streaming", STREAMING_JOB,
+                    streaming_parameters, append_job_name=False),
+      flex_template("update_streaming", "reward_streaming", STREAMING_JOB,
+                    streaming_parameters, append_job_name=False, update=True),
+  ]

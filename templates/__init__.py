@@ -1,0 +1,1 @@
+"""Flex Templates of the pipelines: registry, metadata generator, entry point."""
