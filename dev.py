@@ -4,6 +4,8 @@
 Each creates .venv (Python 3.11) on first use, installs the package with its
 pinned dependencies (requirements/constraints.txt), then runs the demo job or
 the test suite. Extra arguments go to the demo or to pytest.
+`python3 dev.py streaming-demo` runs the live demo on the local Pub/Sub and
+BigQuery emulators the same way.
 """
 
 import hashlib
@@ -15,7 +17,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
-EXTRAS = {"demo": "local", "test": "local,test,airflow"}
+EXTRAS = {"demo": "local", "streaming-demo": "local",
+          "test": "local,test,airflow"}
+DEMOS = {"demo": "pipelines.demo", "streaming-demo": "pipelines.streaming_demo"}
 
 
 def _install(extras: str) -> None:
@@ -45,8 +49,8 @@ def main(argv) -> int:
     return 2
   _install(EXTRAS[command])
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  if command == "demo":
-    args = [str(PYTHON), "-m", "pipelines.demo", *rest]
+  if command in DEMOS:
+    args = [str(PYTHON), "-m", DEMOS[command], *rest]
   else:
     args = [str(PYTHON), "-m", "pytest", "-q", *rest]
   return subprocess.run(args, cwd=ROOT, env=env).returncode
