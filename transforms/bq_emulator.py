@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-import urllib.request
+
+from transforms import local_service
 
 DEFAULT_PROJECT = "local-project"
 DEFAULT_PORT = 9050
@@ -66,32 +63,15 @@ def serve(project: str, port: int, data_dir: str | None = None) -> None:
   server.run_forever(settings)
 
 
-class Emulator:
+class Emulator(local_service.LocalService):
   """A running emulator process; `stop()` it, or use it as a context manager."""
 
-  def __init__(self, project: str, port: int, process: subprocess.Popen,
-               log_path: str):
+  name = "bqemulator"
+
+  def __init__(self, project: str, port: int, process, log_path: str):
+    super().__init__(port, process, log_path)
     self.project = project
-    self.port = port
     self.host = f"http://127.0.0.1:{port}"
-    self.process = process
-    self.log_path = log_path
-
-  def stop(self, timeout: float = 10.0) -> None:
-    if self.process.poll() is not None:
-      return
-    self.process.terminate()
-    try:
-      self.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-      self.process.kill()
-      self.process.wait()
-
-  def __enter__(self) -> Emulator:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.stop()
 
 
 def start_emulator(project: str = DEFAULT_PROJECT,
@@ -108,30 +88,14 @@ def start_emulator(project: str = DEFAULT_PROJECT,
     log_path: where the emulator logs; a new temporary file when None.
     timeout: seconds to wait for the emulator to be ready.
   """
-  port = port or _free_port()
-  if log_path is None:
-    fd, log_path = tempfile.mkstemp(prefix="bqemulator-", suffix=".log")
-    os.close(fd)
+  port = port or local_service.free_port()
   command = [sys.executable, "-m", "transforms.bq_emulator",
              "--project", project, "--port", str(port)]
   if data_dir:
     command += ["--data-dir", str(data_dir)]
-  with open(log_path, "ab") as log:
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-  emulator = Emulator(project, port, process, log_path)
-  try:
-    _wait_ready(emulator, timeout)
-  except BaseException:
-    emulator.stop()
-    raise
-  return emulator
-
-
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
+  return local_service.start(
+      lambda process, log: Emulator(project, port, process, log), command,
+      f"http://127.0.0.1:{port}/readyz", log_path, timeout, env=_child_env())
 
 
 def _child_env() -> dict:
@@ -140,29 +104,6 @@ def _child_env() -> dict:
   env["PYTHONPATH"] = os.pathsep.join(
       p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
   return env
-
-
-def _wait_ready(emulator: Emulator, timeout: float) -> None:
-  deadline = time.monotonic() + timeout
-  while True:
-    if emulator.process.poll() is not None:
-      raise RuntimeError(
-          f"bqemulator exited with code {emulator.process.returncode}, "
-          f"see {emulator.log_path}:\n{_tail(emulator.log_path)}")
-    try:
-      with urllib.request.urlopen(f"{emulator.host}/readyz", timeout=2):
-        return
-    except OSError:  # Not listening yet, or not ready (HTTP 503).
-      pass
-    if time.monotonic() > deadline:
-      raise TimeoutError(
-          f"bqemulator not ready after {timeout}s, see {emulator.log_path}")
-    time.sleep(0.1)
-
-
-def _tail(path: str, lines: int = 20) -> str:
-  with open(path, encoding="utf-8", errors="replace") as f:
-    return "".join(f.readlines()[-lines:])
 
 
 def main(argv=None) -> None:

@@ -18,42 +18,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
 
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
+from transforms import local_service
 
-class Emulator:
+
+class Emulator(local_service.LocalService):
   """A running emulator; `stop()` it, or use it as a context manager."""
 
-  def __init__(self, port: int, process: subprocess.Popen, log_path: str):
-    self.port = port
-    self.host = f"127.0.0.1:{port}"
-    self.process = process
-    self.log_path = log_path
+  name = "the Pub/Sub emulator"
 
-  def stop(self, timeout: float = 10.0) -> None:
-    if self.process.poll() is not None:
-      return
-    # gcloud starts the Java emulator as a child: stop the whole group.
-    os.killpg(self.process.pid, signal.SIGTERM)
-    try:
-      self.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-      os.killpg(self.process.pid, signal.SIGKILL)
-      self.process.wait()
-
-  def __enter__(self) -> Emulator:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.stop()
+  @property
+  def host(self) -> str:
+    return f"127.0.0.1:{self.port}"
 
 
 def is_installed() -> bool:
@@ -74,22 +53,12 @@ def start_emulator(port: int = 0, log_path: str | None = None,
     log_path: where the emulator logs; a new temporary file when None.
     timeout: seconds to wait for the emulator to be ready.
   """
-  port = port or _free_port()
-  if log_path is None:
-    fd, log_path = tempfile.mkstemp(prefix="pubsub-emulator-", suffix=".log")
-    os.close(fd)
+  port = port or local_service.free_port()
   command = ["gcloud", "beta", "emulators", "pubsub", "start",
              f"--host-port=127.0.0.1:{port}", "--quiet"]
-  with open(log_path, "ab") as log:
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-  emulator = Emulator(port, process, log_path)
-  try:
-    _wait_ready(emulator, timeout)
-  except BaseException:
-    emulator.stop()
-    raise
-  return emulator
+  return local_service.start(
+      lambda process, log: Emulator(port, process, log), command,
+      f"http://127.0.0.1:{port}/", log_path, timeout)
 
 
 def create_subscription(project: str, topic: str, subscription: str) -> str:
@@ -108,27 +77,3 @@ def create_subscription(project: str, topic: str, subscription: str) -> str:
     except exceptions.AlreadyExists:
       pass
   return subscription_path
-
-
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
-def _wait_ready(emulator: Emulator, timeout: float) -> None:
-  deadline = time.monotonic() + timeout
-  while True:
-    if emulator.process.poll() is not None:
-      raise RuntimeError(
-          f"the Pub/Sub emulator exited with code "
-          f"{emulator.process.returncode}, see {emulator.log_path}")
-    try:
-      with urllib.request.urlopen(f"http://{emulator.host}/", timeout=2):
-        return
-    except OSError:  # Not listening yet.
-      pass
-    if time.monotonic() > deadline:
-      raise TimeoutError(f"the Pub/Sub emulator not ready after {timeout}s, "
-                         f"see {emulator.log_path}")
-    time.sleep(0.2)
