@@ -137,7 +137,9 @@ with DAG(dag_id="online_eval_inference_nightly",
           "batch_inference",
           features=f"{setting('features')}/dt={PARTITION}/*.parquet",
           model=setting("model"),
-          output_dataset=f"{setting('project')}:{setting('dataset')}",
+          # Its own dataset: each batch job replaces its day partition of
+          # dead_letter and data_quality too.
+          output_dataset=f"{setting('project')}:{setting('inference_dataset')}",
           partition_date=PARTITION, run_id="{{ run_id }}"),
       wait_until_finished=True)
 
