@@ -94,7 +94,10 @@ class _ReadFeatureFile(beam.DoFn):
       parquet = pq.ParquetFile(f)
       present = [column for column in self._spec.input_columns
                  if column in parquet.schema_arrow.names]
-      for batch in parquet.iter_batches(self._batch_size, columns=present):
+      # One thread: a batch is too small to decode in parallel, and idle
+      # Arrow threads slow the model's own thread pool down (benchmarks/).
+      for batch in parquet.iter_batches(self._batch_size, columns=present,
+                                        use_threads=False):
         yield features.parse_arrow_batch(batch, self._spec, path)
 
   def _json_blocks(self, path):
