@@ -17,8 +17,9 @@ the rates, the ratio, the cost of each stage and peak memory.
 
   PYTHONPATH=. python benchmarks/inference_benchmark.py [--rows 1000000]
 
---sink none replaces the JSONL writer by a count of the prediction rows, to
-show what writing costs.
+--sink parquet writes the predictions as Parquet (--output_format parquet);
+--sink none replaces the writer by a count of the prediction rows, to show
+what writing costs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io import filebasedsink
+from apache_beam.io import parquetio
 from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,7 @@ import pyarrow.parquet as pq
 from benchmarks import common
 from pipelines import batch_inference
 from pipelines import train_demo_models
+from transforms import arrow_tables
 from transforms import click_data
 from transforms import inference
 from transforms import json_lines
@@ -53,6 +56,8 @@ STAGES = {
     "batch building": predictions.score_batches,
     "JSON encoding": json_lines.encode,
     "file writing": filebasedsink.FileBasedSink.write_record,
+    "Arrow conversion": arrow_tables.to_arrow,
+    "Parquet writing": parquetio._ParquetSink.write_record,
 }
 
 
@@ -78,8 +83,8 @@ def run_pipeline(features_dir: str, model_path: str, out: str, sink: str,
   argv = [f"--features={features_dir}/features-*.parquet",
           f"--model=mlp={model_path}", f"--batch_size={batch_size}",
           f"--output_dir={out}", "--run_id=bench", *runner_args]
-  if sink == "jsonl":
-    batch_inference.run(argv)
+  if sink != "none":
+    batch_inference.run([*argv, f"--output_format={sink}"])
     return
   options = PipelineOptions(argv)
   with beam.Pipeline(options=options) as pipeline:
@@ -147,7 +152,8 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=8192)
   parser.add_argument("--files", type=int, default=4,
                       help="Parquet files the rows are spread over")
-  parser.add_argument("--sink", choices=("jsonl", "none"), default="jsonl")
+  parser.add_argument("--sink", choices=("jsonl", "parquet", "none"),
+                      default="jsonl")
   parser.add_argument("--repeats", type=int, default=3,
                       help="runs per size and loop; the fastest counts")
   parser.add_argument("--workers", type=int, default=1,

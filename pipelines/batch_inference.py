@@ -19,6 +19,7 @@ Run locally:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import apache_beam as beam
@@ -61,10 +62,19 @@ class BatchInferenceOptions(PipelineOptions):
                   "reader to the model, one call per model.", "Batch size",
                   type=int, default=8192, regexes=(r"^[0-9]+$",)),
   )
+  OUTPUT_FILE_OPTIONS = (
+      opts.Option("output_format", "Files under --output_dir: jsonl (JSON "
+                  "lines) or parquet (columnar: smaller, and faster to write "
+                  "for large outputs; loads into the same BigQuery schema).",
+                  "Output file format", default=sinks.JSONL,
+                  choices=sinks.FILE_FORMATS,
+                  regexes=(f"^({'|'.join(sinks.FILE_FORMATS)})$",)),
+  )
 
   @classmethod
   def _add_argparse_args(cls, parser):
     opts.add_options(parser, cls.INPUT_OPTIONS)
+    opts.add_options(parser, cls.OUTPUT_FILE_OPTIONS)
 
 
 class ModelOptions(PipelineOptions):
@@ -190,7 +200,9 @@ def batch_inference(pipeline_options: PipelineOptions) -> BatchInference:
 
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
-  output = sinks.OutputConfig.from_options(pipeline_options)
+  output = dataclasses.replace(
+      sinks.OutputConfig.from_options(pipeline_options),
+      file_format=pipeline_options.view_as(BatchInferenceOptions).output_format)
   sinks.prepare_emulator_tables(output, schemas.INFERENCE_TABLES.values(),
                                 replace_partition=True)
   _ = (pipeline

@@ -392,6 +392,31 @@ def test_run_writes_jsonl_and_bigquery(bq_emulator, tmp_path, models, capsys):
   assert {r["metric"]: r["count"] for r in quality_rows}["read"] == 4
 
 
+def test_run_writes_parquet_files(tmp_path, models):
+  x = feature_matrix(6, rows=20)
+  path = write_parquet(tmp_path / "features.parquet",
+                       [f"r-{i}" for i in range(20)] + ["r-short"],
+                       x.tolist() + [[1.0]])
+  batch_inference.run([
+      f"--features={path}", f"--model=lin={models['lin']}",
+      f"--output_dir={tmp_path / 'out'}", "--output_format=parquet",
+      "--batch_size=8", "--runner=FnApiRunner"])
+
+  stored = {name: pq.read_table(next((tmp_path / "out").glob(
+      f"{name}*.parquet"))).to_pylist()
+            for name in ("predictions", "dead_letter", "data_quality")}
+  expected = keras_outputs(models, ("lin",), x)["lin"][:, 0]
+  got = {row["request_id"]: row["prediction"] for row in stored["predictions"]}
+  assert sorted(got) == sorted(f"r-{i}" for i in range(20))
+  np.testing.assert_allclose([got[f"r-{i}"] for i in range(20)], expected,
+                             rtol=1e-5)
+  assert [(row["reason"], json.loads(row["raw"])["request_id"])
+          for row in stored["dead_letter"]] == [
+              (features.WRONG_FEATURE_LENGTH, "r-short")]
+  counts = {row["metric"]: row["count"] for row in stored["data_quality"]}
+  assert (counts["read"], counts["scored"]) == (21, 20)
+
+
 def test_feature_table_input_builds_a_storage_read(models, tmp_path):
   options = PipelineOptions([
       "--features_table=my-project:features.requests",

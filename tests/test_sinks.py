@@ -6,6 +6,7 @@ import math
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from transforms import json_lines
@@ -64,3 +65,54 @@ def test_batches_and_dicts_write_the_same_table(tmp_path):
                 for r in rows) == [("feedback", "read", 5, "r1"),
                                    ("prediction", "parsed", 2, "r1"),
                                    ("prediction", "read", 3, "r1")]
+
+
+def _write(elements, table, tmp_path, file_format):
+  config = sinks.OutputConfig(run_id="r1", partition_date="2026-11-21",
+                              output_dir=str(tmp_path / file_format),
+                              file_format=file_format)
+  with TestPipeline(runner="FnApiRunner") as p:
+    _ = (p | beam.Create(elements, reshuffle=False)
+         | sinks.WriteTable(table, config))
+
+
+def test_parquet_files_hold_the_rows_of_the_json_lines(tmp_path):
+  table = schemas.INFERENCE_TABLES["predictions"]
+  scored_at = "2026-11-21T10:00:00.250000Z"
+  batch = json_lines.RowBatch(
+      {"model": "m", "scored_at": scored_at, "scores": ()},
+      pa.table({"request_id": ["a", "b"],
+                "prediction": pa.array([0.25, 0.75], pa.float32()),
+                "predicted_class": [0, 1]}))
+  softmax = json_lines.RowBatch(
+      {"model": "s", "scored_at": scored_at},
+      pa.table({"request_id": ["a"],
+                "scores": pa.FixedSizeListArray.from_arrays(
+                    pa.array([0.5, 0.5], pa.float32()), 2)}))
+  row = {"request_id": "c", "model": "m", "prediction": 0.5, "scores": [],
+         "agrees": True, "scored_at": scored_at}
+  for file_format in sinks.FILE_FORMATS:
+    _write([batch, softmax, row], table, tmp_path, file_format)
+
+  json_rows = [json.loads(line)
+               for path in (tmp_path / "jsonl").glob("predictions*.jsonl")
+               for line in path.read_text().splitlines()]
+  [parquet_file] = (tmp_path / "parquet").glob("predictions*.parquet")
+  stored = pq.read_table(parquet_file)
+  assert stored.schema.field("scored_at").type == pa.timestamp("us", "UTC")
+  assert stored.schema.field("partition_date").type == pa.date32()
+  parquet_rows = stored.to_pylist()
+  for parquet_row in parquet_rows:
+    assert parquet_row.pop("scored_at").isoformat() == (
+        "2026-11-21T10:00:00.250000+00:00")
+    assert parquet_row.pop("partition_date").isoformat() == "2026-11-21"
+    parquet_row.pop("computed_at")
+  for json_row in json_rows:
+    for column in ("scored_at", "partition_date", "computed_at"):
+      json_row.pop(column)
+
+  def key(r):
+    return r["request_id"], r["model"]
+
+  assert sorted(parquet_rows, key=key) == sorted(json_rows, key=key)
+  assert len(parquet_rows) == 4

@@ -1,4 +1,4 @@
-"""Write output tables: BigQuery through `WriteToBigQuery`, and/or JSON lines."""
+"""Write output tables: BigQuery through `WriteToBigQuery`, and/or files (JSON lines or Parquet)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import apache_beam as beam
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.transforms import window
 
+from transforms import arrow_tables
 from transforms import contract
 from transforms import json_lines
 from transforms import options as opts
 from transforms import schemas
 
 INSERT_FAILED = "bigquery_insert_failed"
+JSONL = "jsonl"
+PARQUET = "parquet"
+FILE_FORMATS = (JSONL, PARQUET)
+# Row dicts per Parquet write, at most.
+PARQUET_ROWS_PER_WRITE = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,7 @@ class OutputConfig:
   write_method: str | None = None
   streaming: bool = False
   pseudonymize_key_env: str | None = None
+  file_format: str = JSONL  # of the files under output_dir
 
   @classmethod
   def from_options(cls, pipeline_options) -> "OutputConfig":
@@ -94,6 +101,33 @@ def _to_json(element) -> bytes:
   return json.dumps(element, sort_keys=True).encode("utf-8")
 
 
+class _ToArrow(beam.DoFn):
+  """RowBatches -> Arrow tables one for one; row dicts gathered into tables of
+  up to PARQUET_ROWS_PER_WRITE rows per bundle. Batch pipelines only (the
+  gathered rows leave in the global window)."""
+
+  def __init__(self, table: schemas.Table):
+    self._table = table
+    self._rows = []
+
+  def start_bundle(self):
+    self._rows = []
+
+  def process(self, element):
+    if isinstance(element, json_lines.RowBatch):
+      yield arrow_tables.to_arrow([element], self._table)
+      return
+    self._rows.append(element)
+    if len(self._rows) >= PARQUET_ROWS_PER_WRITE:
+      yield arrow_tables.to_arrow(self._rows, self._table)
+      self._rows = []
+
+  def finish_bundle(self):
+    if self._rows:
+      yield window.GlobalWindows.windowed_value(
+          arrow_tables.to_arrow(self._rows, self._table))
+
+
 def _to_rows(element):
   if isinstance(element, json_lines.RowBatch):
     return element.rows()
@@ -101,7 +135,7 @@ def _to_rows(element):
 
 
 class WriteTable(beam.PTransform):
-  """Rows of one table -> BigQuery and/or DIR/<table>*.jsonl.
+  """Rows of one table -> BigQuery and/or DIR/<table>*.jsonl (or .parquet).
 
   Elements are row dicts or `json_lines.RowBatch`es. Returns the rows BigQuery
   refused, as dead-letter rows (empty without BigQuery).
@@ -116,12 +150,7 @@ class WriteTable(beam.PTransform):
     stamped = rows | "StampRun" >> beam.ParDo(_StampRun(self._config,
                                                          self._table))
     if self._config.output_dir:
-      _ = (stamped
-           | "ToJson" >> beam.Map(_to_json)
-           | "SkipEmpty" >> beam.Filter(bool)
-           | "WriteJsonl" >> beam.io.WriteToText(
-               f"{self._config.output_dir.rstrip('/')}/{self._table.name}",
-               file_name_suffix=self._table.file_suffix))
+      _ = stamped | "WriteFiles" >> self._file_write()
     if not self._config.dataset:
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
     # Rows carry their window in columns. In the global window the direct
@@ -135,6 +164,19 @@ class WriteTable(beam.PTransform):
       return rows.pipeline | "NoFailedRows" >> beam.Create([])
     return (result.failed_rows_with_errors
             | "FailedToDeadLetter" >> beam.Map(self._failed_row))
+
+  def _file_write(self) -> beam.PTransform:
+    prefix = f"{self._config.output_dir.rstrip('/')}/{self._table.name}"
+    if self._config.file_format == PARQUET:
+      return (
+          "ToArrow" >> beam.ParDo(_ToArrow(self._table))
+          | "WriteParquet" >> beam.io.WriteToParquetBatched(
+              prefix, arrow_tables.arrow_schema(self._table), codec="snappy",
+              file_name_suffix=".parquet"))
+    return ("ToJson" >> beam.Map(_to_json)
+            | "SkipEmpty" >> beam.Filter(bool)
+            | "WriteJsonl" >> beam.io.WriteToText(
+                prefix, file_name_suffix=self._table.file_suffix))
 
   def _bigquery_write(self):
     config, table = self._config, self._table
