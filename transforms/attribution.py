@@ -6,13 +6,20 @@ import zlib
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam import typehints
 import numpy as np
 import pyarrow as pa
 
+from transforms import arrow_coder  # noqa: F401 (registers the coder)
 from transforms import batches
 from transforms import contract
 from transforms import quality
 from transforms import rewards
+
+
+# (shard, (record_type, table)): declared, so the shuffle encodes the tables
+# with arrow_coder.ArrowTableCoder.
+_SHARD_TYPE = typehints.Tuple[int, typehints.Tuple[str, pa.Table]]
 
 
 class _ShardByRequest(beam.DoFn):
@@ -97,10 +104,12 @@ class AttributeRewards(beam.PTransform):
   def expand(self, tables):
     predictions, feedback = tables.get("predictions"), tables["feedback"]
     sharded = [feedback | "ShardFeedback" >> beam.ParDo(
-        _ShardByRequest(contract.FEEDBACK, self._num_shards))]
+        _ShardByRequest(contract.FEEDBACK, self._num_shards)
+    ).with_output_types(_SHARD_TYPE)]
     if predictions is not None:
       sharded.append(predictions | "ShardPredictions" >> beam.ParDo(
-          _ShardByRequest(contract.PREDICTION, self._num_shards)))
+          _ShardByRequest(contract.PREDICTION, self._num_shards)
+      ).with_output_types(_SHARD_TYPE))
     attributed = (sharded
                   | "FlattenShards" >> beam.Flatten()
                   | "GroupShards" >> beam.GroupByKey()
