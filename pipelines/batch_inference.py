@@ -111,7 +111,7 @@ class ModelOptions(PipelineOptions):
     opts.add_options(parser, cls.MODEL_OPTIONS)
 
 
-OPTION_CLASSES = (BatchInferenceOptions, ModelOptions,
+OPTION_CLASSES = (BatchInferenceOptions, ModelOptions, opts.OutputFileOptions,
                   opts.OutputPipelineOptions)
 
 

@@ -68,7 +68,7 @@ class StatisticsOptions(PipelineOptions):
 
 
 OPTION_CLASSES = (RewardBatchOptions, AttributionOptions, StatisticsOptions,
-                  opts.OutputPipelineOptions)
+                  opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
 def attribution_config(pipeline_options,

@@ -95,7 +95,8 @@ def launched_template(task: dict) -> str:
 
 
 def check_parameters(name: str, parameters: dict) -> None:
-  """Exactly template `name`'s parameters: declared ones, required included."""
+  """Launch parameters of template `name`: each one declared there (a renamed
+  option fails), every required one given, all strings."""
   declared = registry.load_metadata(name)["parameters"]
   assert set(parameters) <= {p["name"] for p in declared}
   assert {p["name"] for p in declared if not p["isOptional"]} <= set(

@@ -129,6 +129,28 @@ def test_messy_logs_attribution(messy_logs, missing, expected_arms):
     pass
 
 
+@pytest.mark.parametrize("reduce,expected_sum", [
+    ("max", 5.0 + 3.0), ("sum", 8.0 + 3.0),
+    ("first", 5.0 + 3.0),  # r1's earliest feedback (t=10), not its first line
+    ("last", 2.0 + 3.0),   # r1's latest counted feedback (t=30)
+])
+def test_duplicate_feedback_is_reduced_in_event_time_order(tmp_path, reduce,
+                                                           expected_sum):
+  predictions = write_lines(tmp_path / "predictions.jsonl",
+                            [pred("r1", 0, "a"), pred("r2", 0, "a")])
+  write_lines(tmp_path / "feedback-1.jsonl",
+              [fb("r1", 30, 2.0), fb("r2", 5, 3.0), fb("r1", 2 * HOUR, 100.0)])
+  write_lines(tmp_path / "feedback-2.jsonl", [fb("r1", 20, 1.0)])
+  write_lines(tmp_path / "feedback-3.jsonl", [fb("r1", 10, 5.0)])
+  p, outputs = run_aggregation(predictions, str(tmp_path / "feedback-*"),
+                               attribution_window_s=HOUR, reward_reduce=reduce)
+  assert_that(outputs["arm_stats"] | beam.Map(project_arm),
+              equal_to([("exp", "a", 2, 2, 2, expected_sum)]),
+              label="ArmTotals")
+  with p:
+    pass
+
+
 def test_every_dead_letter_reason_and_the_record_balance(messy_logs):
   predictions, _, feedback = messy_logs
   p, outputs = run_aggregation(predictions, feedback,

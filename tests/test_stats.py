@@ -536,8 +536,12 @@ def test_sequential_p_value_survives_peeking_binary():
   pooled_mean = (candidate + control) / (2 * looks)
   p_sequential = stats.sequential_p_value(z, se, pooled_mean)
   fixed, sequential = peeking_rejections(p_fixed, p_sequential)
-  assert sequential <= 0.05 + 0.02
+  assert sequential <= 0.05
   assert fixed > 0.12  # peeking at the fixed p-value inflates it well past 5%
+  # Valid at every level, not only 5%: under the null, P(some look's
+  # sequential p-value < alpha) <= alpha (it is conservative, not uniform).
+  for alpha in (0.01, 0.1, 0.2, 0.5):
+    assert peeking_rejections(p_fixed, p_sequential, alpha)[1] <= alpha
   # Each single look alone is still a valid 5% test.
   assert abs((p_fixed[:, -1] < 0.05).mean() - 0.05) < 0.025
   # The row's sequential p-value is the one simulated here.
@@ -558,7 +562,7 @@ def test_confidence_sequence_survives_peeking_binary():
   fixed_low, fixed_high = stats.wald_interval(lift, se)
   sequential_misses = ((low > 0) | (high < 0)).any(axis=1).mean()
   fixed_misses = ((fixed_low > 0) | (fixed_high < 0)).any(axis=1).mean()
-  assert sequential_misses <= 0.05 + 0.02
+  assert sequential_misses <= 0.05
   assert fixed_misses > 0.12
 
 
@@ -581,7 +585,7 @@ def test_sequential_p_value_survives_peeking_continuous():
   p_sequential = stats.sequential_p_value(z, se, (total + control_sum)
                                           / (2 * looks))
   fixed, sequential = peeking_rejections(p_fixed, p_sequential)
-  assert sequential <= 0.05 + 0.02
+  assert sequential <= 0.05
   assert fixed > 0.12
   assert np.all(p_sequential >= p_fixed)
 

@@ -147,6 +147,13 @@ def test_entry_point_builds_the_pipeline_from_template_parameters(name):
   assert bool(streaming) is registry.PIPELINES[name].streaming
 
 
+def test_the_streaming_template_does_not_offer_output_files():
+  # The streaming pipeline refuses --output_dir: its template must not offer it.
+  with pytest.raises(ValueError, match="no parameter output_dir"):
+    registry.template_parameters("reward_streaming", output_dir="gs://b/out",
+                                 **PARAMETERS["reward_streaming"])
+
+
 def dockerfile_instructions() -> list[list[str]]:
   """[instruction, arguments...] per Dockerfile instruction."""
   text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())

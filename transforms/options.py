@@ -68,15 +68,18 @@ def today() -> str:
   return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
 
+OUTPUT_FILE_OPTIONS = (
+    Option("output_dir",
+           "Directory (local or gs://) for the same tables as JSON lines "
+           "(DIR/<table>*.jsonl).", "Output directory",
+           param_type="GCS_WRITE_FOLDER"),
+)
+
 OUTPUT_OPTIONS = (
     Option("output_dataset",
            "BigQuery dataset PROJECT:DATASET to write the tables into.",
            "Output BigQuery dataset", param_type="TEXT",
            regexes=(DATASET_REGEX,)),
-    Option("output_dir",
-           "Directory (local or gs://) for the same tables as JSON lines "
-           "(DIR/<table>*.jsonl).", "Output directory",
-           param_type="GCS_WRITE_FOLDER"),
     Option("bigquery_emulator_host",
            "Local BigQuery emulator endpoint (http://HOST:PORT); writes with "
            "streaming inserts into pre-created tables.",
@@ -159,8 +162,16 @@ def parse_allocation(text: str | None) -> dict[str, float] | None:
 
 
 class OutputPipelineOptions(PipelineOptions):
-  """Where the tables go."""
+  """Where the tables go in BigQuery, and the run they belong to."""
 
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, OUTPUT_OPTIONS)
+
+
+class OutputFileOptions(PipelineOptions):
+  """The tables as files too (batch pipelines)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, OUTPUT_FILE_OPTIONS)

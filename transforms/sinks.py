@@ -43,9 +43,10 @@ class OutputConfig:
   @classmethod
   def from_options(cls, pipeline_options) -> "OutputConfig":
     output = pipeline_options.view_as(opts.OutputPipelineOptions)
+    output_dir = pipeline_options.view_as(opts.OutputFileOptions).output_dir
     standard = pipeline_options.view_as(
         beam.options.pipeline_options.StandardOptions)
-    if not output.output_dir and not output.output_dataset:
+    if not output_dir and not output.output_dataset:
       raise ValueError("give --output_dir and/or --output_dataset")
     project = dataset = None
     if output.output_dataset:
@@ -54,7 +55,7 @@ class OutputConfig:
     partition_date = output.partition_date or opts.today()
     run_id = output.run_id or f"{partition_date}-{uuid.uuid4().hex[:8]}"
     return cls(run_id=run_id, partition_date=partition_date,
-               output_dir=output.output_dir, project=project, dataset=dataset,
+               output_dir=output_dir, project=project, dataset=dataset,
                emulator_host=output.bigquery_emulator_host,
                write_method=output.bigquery_write_method,
                streaming=bool(standard.streaming),
