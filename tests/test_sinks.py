@@ -4,12 +4,14 @@ import json
 import math
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from transforms import json_lines
+from transforms import options
 from transforms import schemas
 from transforms import sinks
 
@@ -116,3 +118,26 @@ def test_parquet_files_hold_the_rows_of_the_json_lines(tmp_path):
 
   assert sorted(parquet_rows, key=key) == sorted(json_rows, key=key)
   assert len(parquet_rows) == 4
+
+
+def test_a_streaming_run_writes_each_row_to_the_day_it_is_computed():
+  streaming = sinks.OutputConfig.from_options(
+      PipelineOptions(["--streaming", "--output_dataset=p:d"]))
+  assert streaming.partition_date is None
+  fields = streaming.run_fields()
+  assert fields["partition_date"] == fields["computed_at"][:10]
+  assert streaming.run_id.startswith(fields["partition_date"])
+  # A batch run owns one day partition: the given one, or today.
+  batch = sinks.OutputConfig.from_options(
+      PipelineOptions(["--output_dataset=p:d"]))
+  assert batch.run_fields()["partition_date"] == options.today()
+  pinned = sinks.OutputConfig.from_options(PipelineOptions(
+      ["--streaming", "--output_dataset=p:d", "--partition_date=2026-01-01"]))
+  assert pinned.run_fields()["partition_date"] == "2026-01-01"
+
+
+def test_a_streaming_run_refuses_load_jobs():
+  with pytest.raises(ValueError, match="STREAMING_INSERTS"):
+    sinks.OutputConfig.from_options(PipelineOptions(
+        ["--streaming", "--output_dataset=p:d",
+         "--bigquery_write_method=FILE_LOADS"]))

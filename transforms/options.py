@@ -95,7 +95,8 @@ OUTPUT_OPTIONS = (
            "partition date and the time of launch).", "Run id"),
     Option("partition_date",
            "Day partition (YYYY-MM-DD) this run owns in every table; a re-run "
-           "replaces it. Default: today (UTC).", "Partition date",
+           "replaces it. Default: today (UTC); a streaming job's rows go to "
+           "the day they are computed on.", "Partition date",
            regexes=(DATE_REGEX,)),
     Option("pseudonymize_key_env",
            "Name of an environment variable holding a key: user_id in "

@@ -30,7 +30,8 @@ PARQUET_ROWS_PER_WRITE = 65_536
 class OutputConfig:
   """Where the tables of one run go, and the run fields stamped on every row."""
   run_id: str
-  partition_date: str
+  # None: each row goes to the day it is computed on (a streaming job's rows).
+  partition_date: str | None
   output_dir: str | None = None
   project: str | None = None
   dataset: str | None = None
@@ -52,8 +53,12 @@ class OutputConfig:
     if output.output_dataset:
       project, _, dataset = output.output_dataset.replace(".", ":",
                                                           1).partition(":")
-    partition_date = output.partition_date or opts.today()
-    run_id = output.run_id or f"{partition_date}-{uuid.uuid4().hex[:8]}"
+    if standard.streaming and output.bigquery_write_method == "FILE_LOADS":
+      raise ValueError("a streaming run writes BigQuery with STREAMING_INSERTS")
+    partition_date = output.partition_date or (
+        None if standard.streaming else opts.today())
+    run_id = output.run_id or (
+        f"{partition_date or opts.today()}-{uuid.uuid4().hex[:8]}")
     return cls(run_id=run_id, partition_date=partition_date,
                output_dir=output_dir, project=project, dataset=dataset,
                emulator_host=output.bigquery_emulator_host,
@@ -70,9 +75,10 @@ class OutputConfig:
     return "FILE_LOADS"
 
   def run_fields(self) -> dict:
-    return {"run_id": self.run_id, "partition_date": self.partition_date,
-            "computed_at": schemas.format_timestamp(
-                datetime.datetime.now(datetime.timezone.utc).timestamp())}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {"run_id": self.run_id,
+            "partition_date": self.partition_date or now.date().isoformat(),
+            "computed_at": schemas.format_timestamp(now.timestamp())}
 
 
 class _StampRun(beam.DoFn):
