@@ -2,11 +2,14 @@
 
 import datetime
 import json
+import pathlib
 
 import pytest
 
 from transforms import batches
 from transforms import contract
+from transforms import features
+from transforms import sinks
 
 TS = "2026-11-21T10:00:00Z"
 EPOCH = datetime.datetime(2026, 11, 21, 10, tzinfo=datetime.timezone.utc
@@ -190,3 +193,11 @@ def test_fast_path_never_accepts_a_missing_required_field(missing):
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.MISSING_FIELD, missing)]
   assert result.table["ts"].null_count == 0
+
+
+def test_every_dead_letter_reason_is_documented():
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md"
+            ).read_text()
+  reasons = {*contract.DEAD_LETTER_REASONS, *features.DEAD_LETTER_REASONS,
+             sinks.INSERT_FAILED}
+  assert {reason for reason in reasons if f"`{reason}`" not in readme} == set()

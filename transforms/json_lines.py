@@ -26,9 +26,6 @@ class RowBatch(NamedTuple):
   def rows(self) -> list[dict]:
     return [{**self.constants, **row} for row in self.table.to_pylist()]
 
-  def with_constants(self, **constants) -> "RowBatch":
-    return RowBatch({**self.constants, **constants}, self.table)
-
 
 def _per_value(column: pa.Array) -> pa.Array:
   return pa.array([None if value is None else json.dumps(value, default=str)

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-GCS_OR_LOCAL_PATH = r"^(gs://|/|\.|[A-Za-z0-9_]).*"
 DATASET_REGEX = r"^[A-Za-z0-9_.:-]+:[A-Za-z0-9_]+$|^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+$"
 DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
