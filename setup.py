@@ -6,7 +6,7 @@ import setuptools
 setuptools.setup(
     name="online-eval-pipelines",
     version="0.1.0",
-    description=__doc__,
+    description=" ".join(__doc__.split()),
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*",
                                                "transforms", "transforms.*"]),
