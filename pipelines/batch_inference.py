@@ -1,4 +1,4 @@
-"""Batch inference: feature rows in, every model's predictions out.
+r"""Batch inference: feature rows in, every model's predictions out.
 
   features ─ReadFeatures─ScoreBatches (RunInference, models shared per process)
     ─ToPredictions─┬─ predictions
@@ -264,7 +264,8 @@ def format_report(report: dict) -> str:
 
 def run(argv=None):
   """Parse the options, build the job, run it to completion, print metrics."""
-  pipeline_options = PipelineOptions(argv)
+  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
+                                                 __doc__)
   with beam.Pipeline(options=pipeline_options) as pipeline:
     build(pipeline, pipeline_options)
   if not pipeline_options.view_as(TestOptions).dry_run:  # A dry run has no metrics.

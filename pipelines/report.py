@@ -1,4 +1,4 @@
-"""A static HTML report of the arm_stats and router_state tables.
+r"""A static HTML report of the arm_stats and router_state tables.
 
 Per experiment (its latest run): posterior densities, mean rewards, lift vs
 control, the sample-ratio check, the traffic allocation and the numbers.

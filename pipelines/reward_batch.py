@@ -1,4 +1,4 @@
-"""Batch reward aggregation: serving logs in, per-arm rewards and statistics out.
+r"""Batch reward aggregation: serving logs in, per-arm rewards and statistics out.
 
   predictions ─ReadPredictions─┐
                                ├─AttributeRewards─ExperimentStatistics─┬─ arm_stats
@@ -151,7 +151,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
 
 def run(argv=None):
   """Parse the options, build the job and run it to completion."""
-  pipeline_options = PipelineOptions(argv)
+  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
+                                                 __doc__)
   with beam.Pipeline(options=pipeline_options) as pipeline:
     build(pipeline, pipeline_options)
   return pipeline

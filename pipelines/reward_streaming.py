@@ -1,4 +1,4 @@
-"""Streaming reward aggregation: live per-arm rewards and router state from Pub/Sub.
+r"""Streaming reward aggregation: live per-arm rewards and router state from Pub/Sub.
 
   predictions ─Read─ParseMessages─┐
                                   ├─AttributeRequests─┬─ArmStatsPerWindow─── arm_stats
@@ -245,7 +245,8 @@ def start(pipeline_options: PipelineOptions):
 
 def run(argv=None):
   """Parse the options, start the job, wait for it or stop it after --duration_s."""
-  pipeline_options = PipelineOptions(argv, streaming=True)
+  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES, __doc__,
+                                                 streaming=True)
   result = start(pipeline_options)
   duration_s = pipeline_options.view_as(RewardStreamingOptions).duration_s
   if duration_s is None:

@@ -147,6 +147,23 @@ def test_entry_point_builds_the_pipeline_from_template_parameters(name):
   assert bool(streaming) is registry.PIPELINES[name].streaming
 
 
+@pytest.mark.parametrize("name", sorted(registry.PIPELINES))
+def test_help_lists_the_pipelines_options_and_bad_values_are_usage_errors(
+    name, capsys):
+  module = importlib.import_module(registry.PIPELINES[name].module)
+  with pytest.raises(SystemExit) as help_exit:
+    module.run(["--help"])
+  assert help_exit.value.code == 0
+  listed = capsys.readouterr().out
+  declared = generate.declared_options(module.OPTION_CLASSES)
+  assert [o.name for o in declared if f"--{o.name}" not in listed] == []
+  with pytest.raises(SystemExit) as bad_exit:
+    module.run(["--partition_date", "2026-01-01", "--run_id", "r",
+                "--bigquery_write_method", "SOMETIMES"])
+  assert bad_exit.value.code == 2
+  assert "--bigquery_write_method" in capsys.readouterr().err
+
+
 def test_the_streaming_template_does_not_offer_output_files():
   # The streaming pipeline refuses --output_dir: its template must not offer it.
   with pytest.raises(ValueError, match="no parameter output_dir"):

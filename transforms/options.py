@@ -8,6 +8,7 @@ scheduled run.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 from typing import Any, Callable
@@ -136,6 +137,22 @@ STATISTICS_OPTIONS = (
            "Traffic floor", type=float, default=0.0,
            regexes=(r"^[0-9.]+$",)),
 )
+
+
+def parse_pipeline_options(argv, option_classes, description: str,
+                           **overrides) -> PipelineOptions:
+  """The PipelineOptions of a command line. `--help` lists the pipeline's own
+  options (Beam's parser knows none of them yet), and a bad value of one of
+  them stops with a usage error instead of a traceback."""
+  parser = argparse.ArgumentParser(
+      description=description,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False,  # As Beam's: --output must not stand for --output_dir.
+      epilog="Beam's options (--runner, --project, ...) are accepted too.")
+  for option_class in option_classes:
+    option_class._add_argparse_args(parser)  # pylint: disable=protected-access
+  parser.parse_known_args(argv)
+  return PipelineOptions(argv, **overrides)
 
 
 def add_options(parser, options) -> None:
