@@ -33,6 +33,7 @@ def test_prediction_normalized():
     ("2026-11-21T10:00:00Z", EPOCH),
     ("2026-11-21T12:00:00+02:00", EPOCH),
     ("2026-11-21T10:00:00.250Z", EPOCH + 0.25),
+    ("2026-11-21t10:00:00z", EPOCH),  # RFC 3339 allows lower case
     (EPOCH, EPOCH),
     (int(EPOCH), EPOCH),
 ])
@@ -54,6 +55,14 @@ def test_timestamp_forms(timestamp, expected):
     (prediction(timestamp="yesterday"), contract.BAD_TIMESTAMP, "timestamp"),
     (prediction(timestamp="2026-11-21T10:00:00"), contract.BAD_TIMESTAMP,
      "timestamp"),
+    # Epoch milliseconds, a year BigQuery cannot hold, before the epoch.
+    (prediction(timestamp=EPOCH * 1000), contract.BAD_TIMESTAMP, "timestamp"),
+    (prediction(timestamp="9999-12-31T23:59:59-01:00"), contract.BAD_TIMESTAMP,
+     "timestamp"),
+    (prediction(timestamp=-1), contract.BAD_TIMESTAMP, "timestamp"),
+    (prediction(timestamp=10**400), contract.BAD_TIMESTAMP, "timestamp"),
+    (prediction(propensity=10**400), contract.PROPENSITY_OUT_OF_RANGE,
+     "propensity"),
     (prediction(shadow="yes"), contract.WRONG_TYPE, "shadow"),
     (prediction(propensity=0), contract.PROPENSITY_OUT_OF_RANGE, "propensity"),
     (prediction(propensity=1.5), contract.PROPENSITY_OUT_OF_RANGE,
@@ -77,6 +86,11 @@ def test_feedback_normalized_and_optional_arm():
      contract.NON_FINITE_REWARD, "reward"),
     ('{"request_id": "r", "timestamp": 1, "reward": Infinity}',
      contract.NON_FINITE_REWARD, "reward"),
+    # Valid JSON, but no float holds it: it must not raise OverflowError.
+    ('{"request_id": "r", "timestamp": 1, "reward": 1%s}' % ("0" * 400),
+     contract.NON_FINITE_REWARD, "reward"),
+    ('{"request_id": "r", "timestamp": 1%s, "reward": 1}' % ("0" * 400),
+     contract.BAD_TIMESTAMP, "timestamp"),
     ('{"request_id": "r", "timestamp": 1, "reward": "1"}', contract.WRONG_TYPE,
      "reward"),
     ('{"request_id": "r", "timestamp": 1, "reward": true}', contract.WRONG_TYPE,
@@ -180,6 +194,17 @@ def test_a_bad_record_costs_only_its_part_of_a_large_block():
   assert result.fast_rows >= 4000 - batches.MIN_FAST_LINES
   assert result.table["request_id"].to_pylist() == [
       f"r{i}" for i in range(4000) if i != 1234]
+
+
+@pytest.mark.parametrize("timestamp", [EPOCH * 1000, "9999-12-31T23:59:59-01:00"])
+def test_fast_path_never_accepts_a_timestamp_out_of_range(timestamp):
+  lines = [prediction(request_id=f"r{i}", timestamp=EPOCH) for i in range(600)]
+  lines[42] = prediction(request_id="r42", timestamp=timestamp)
+  result = batches.parse_json_lines([line.encode() for line in lines],
+                                    contract.PREDICTION, "f.jsonl")
+  assert result.table.num_rows == 599
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.BAD_TIMESTAMP, "timestamp")]
 
 
 @pytest.mark.parametrize("missing", ["request_id", "timestamp",

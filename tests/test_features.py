@@ -56,6 +56,11 @@ def test_valid_record():
      features.NON_FINITE_FEATURE, "features"),
     ('{"request_id": "r1", "features": [1, 2, Infinity]}',
      features.NON_FINITE_FEATURE, "features"),
+    # Infinite as the model's float32; and an integer no float holds.
+    ('{"request_id": "r1", "features": [1, 2, 1e39]}',
+     features.NON_FINITE_FEATURE, "features"),
+    ('{"request_id": "r1", "features": [1, 2, 1%s]}' % ("0" * 400),
+     features.NON_FINITE_FEATURE, "features"),
 ])
 def test_rejected_records(line, reason, detail):
   assert features.parse_json_line(line, SPEC) == contract.Rejected(reason,

@@ -67,10 +67,20 @@ def test_traffic_shares():
   assert router_state.traffic_shares([]) == []
 
 
-@pytest.mark.parametrize("floor,n_arms", [(-0.01, 2), (0.34, 3), (0.6, 2)])
-def test_traffic_floor_is_validated(floor, n_arms):
+def test_a_negative_traffic_floor_is_refused():
   with pytest.raises(ValueError):
-    router_state.traffic_shares([1 / n_arms] * n_arms, floor)
+    router_state.traffic_shares([0.5, 0.5], -0.01)
+
+
+@pytest.mark.parametrize("floor,prob_best", [
+    (0.34, [0.9, 0.1, 0.0]), (0.6, [1.0, 0.0]), (1 / 3, [0.2, 0.7, 0.1])])
+def test_a_floor_the_arm_count_cannot_give_is_capped_at_an_equal_split(
+    floor, prob_best):
+  # The arm count comes from the data: a setting fine for 2 arms must not
+  # fail the job when a third arm appears.
+  n_arms = len(prob_best)
+  assert router_state.traffic_shares(prob_best, floor) == pytest.approx(
+      [1 / n_arms] * n_arms)
 
 
 def test_best_arm_ties_go_to_the_higher_value_then_the_name():

@@ -92,6 +92,24 @@ def test_sample_variance_from_sums():
   assert variance == pytest.approx(rewards.var(ddof=1), rel=1e-9)
 
 
+def test_equal_rewards_have_no_variance_despite_rounding():
+  # Summed one reward at a time, as the accumulators do: 13 x 1.1 leaves a
+  # residue of about 1e-15 in sum(x^2) - sum(x)^2 / n.
+  total = sq_total = 0.0
+  for _ in range(13):
+    total, sq_total = total + 1.1, sq_total + 1.1 * 1.1
+  assert stats.sample_variance(total, sq_total, 13) == 0.0
+  # Neither arm varies: the comparison has no standard error, no p-value.
+  rows = stats.experiment_statistics(
+      [ArmTotals("a", 13, 13, total, sq_total, False),
+       continuous_arm("b", [0.7] * 7)], control_arm="a")
+  assert rows["b"]["p_value"] is None and rows["b"]["seq_p_value"] is None
+  # A real spread far below the rewards' size is kept.
+  rewards = 1000.0 + np.random.default_rng(3).normal(0.0, 0.01, size=50)
+  assert stats.sample_variance(rewards.sum(), (rewards**2).sum(), 50) == (
+      pytest.approx(rewards.var(ddof=1), rel=1e-3))
+
+
 def test_binary_p_value_is_pooled_two_proportion_z_test():
   rows = stats.experiment_statistics(
       [binary_arm("control", 100, 1000), binary_arm("b", 120, 1000)],

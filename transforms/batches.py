@@ -211,11 +211,15 @@ def _timestamps(table: pa.Table):
       micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       return None
-    return pc.divide(micros, 1e6)
-  if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+    seconds = pc.divide(micros, 1e6)
+  elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
     seconds = pc.cast(column, pa.float64())
-    return seconds if _all(pc.is_finite(seconds)) else None
-  return None
+  else:
+    return None
+  # Out of range (or NaN): the slow path dead-letters those rows alone.
+  in_range = pc.and_(pc.greater_equal(seconds, contract.EARLIEST_TIMESTAMP),
+                     pc.less_equal(seconds, contract.LATEST_TIMESTAMP))
+  return seconds if _all(in_range) else None
 
 
 def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:

@@ -41,6 +41,11 @@ DEAD_LETTER_REASONS = (
     NON_FINITE_REWARD, PROPENSITY_OUT_OF_RANGE, AMBIGUOUS_ROUTING,
     ORPHAN_FEEDBACK)
 
+# Timestamps a log may carry: from the Unix epoch to the last second BigQuery's
+# TIMESTAMP holds (9999-12-31T23:59:59Z).
+EARLIEST_TIMESTAMP = 0.0
+LATEST_TIMESTAMP = 253_402_300_799.0
+
 SELDON_FEEDBACK_TYPE = "io.seldon.serving.feedback"
 KSERVE_RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 
@@ -64,22 +69,27 @@ class _Invalid(Exception):
 
 
 def parse_timestamp(value: Any) -> float:
-  """RFC 3339 string (with a zone offset) or epoch seconds -> epoch seconds."""
+  """RFC 3339 string (with a zone offset) or epoch seconds -> epoch seconds,
+  between EARLIEST_TIMESTAMP and LATEST_TIMESTAMP."""
   if isinstance(value, bool):
     raise _Invalid(WRONG_TYPE, "timestamp")
   if isinstance(value, (int, float)):
-    if not math.isfinite(value):
-      raise _Invalid(BAD_TIMESTAMP, "timestamp")
-    return float(value)
-  if isinstance(value, str):
+    seconds = _number(value, "timestamp")
+  elif isinstance(value, str):
     try:
-      parsed = datetime.datetime.fromisoformat(value)
+      # RFC 3339 allows a lower-case "t" and "z".
+      parsed = datetime.datetime.fromisoformat(value.upper())
     except ValueError:
       raise _Invalid(BAD_TIMESTAMP, "timestamp") from None
     if parsed.tzinfo is None:
       raise _Invalid(BAD_TIMESTAMP, "timestamp")
-    return parsed.timestamp()
-  raise _Invalid(WRONG_TYPE, "timestamp")
+    seconds = parsed.timestamp()
+  else:
+    raise _Invalid(WRONG_TYPE, "timestamp")
+  # Also rejects NaN, and epoch milliseconds (beyond the year 9999 as seconds).
+  if not EARLIEST_TIMESTAMP <= seconds <= LATEST_TIMESTAMP:
+    raise _Invalid(BAD_TIMESTAMP, "timestamp")
+  return seconds
 
 
 def _required_str(obj: dict, field: str) -> str:
@@ -110,7 +120,10 @@ def _required_timestamp(obj: dict, field: str = "timestamp") -> float:
 def _number(value: Any, field: str) -> float:
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise _Invalid(WRONG_TYPE, field)
-  return float(value)
+  try:
+    return float(value)
+  except OverflowError:  # An integer of hundreds of digits is valid JSON.
+    return math.inf if value > 0 else -math.inf
 
 
 def _reward(obj: dict) -> float:

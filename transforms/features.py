@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -33,6 +32,7 @@ DEAD_LETTER_REASONS = (contract.INVALID_JSON, contract.NOT_AN_OBJECT,
                        WRONG_FEATURE_LENGTH, NON_FINITE_FEATURE,
                        INFERENCE_FAILED)
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NUMBER_TYPES = (int, float)  # Exact types: a bool is not a feature value.
 
 
@@ -115,9 +115,15 @@ def _feature_values(record: dict, spec: FeatureSpec) -> list:
     detail = FEATURES
   if not all(type(value) in _NUMBER_TYPES for value in values):
     raise _Invalid(contract.WRONG_TYPE, detail)
-  if not all(math.isfinite(value) for value in values):
+  if not all(map(_fits_float32, values)):
     raise _Invalid(NON_FINITE_FEATURE, detail)
   return values
+
+
+def _fits_float32(value: float | int) -> bool:
+  """Finite, also as the model's float32. Python compares an int with a float
+  exactly, so an integer of any size (valid JSON) is safe here."""
+  return abs(value) <= _FLOAT32_MAX
 
 
 def parse_record(record: Any,

@@ -21,13 +21,13 @@ def traffic_shares(prob_best: Sequence[float | None],
   Each arm gets `traffic_floor`, and the remaining 1 - n_arms * floor is
   split in proportion to prob_best (Thompson sampling's split in
   expectation). An arm without prob_best gets the floor only; when no arm has one the
-  split is equal. The shares sum to 1.
+  split is equal. A floor above 1 / n_arms, which the data's arm count can
+  make of any setting, is capped there (an equal split). The shares sum to 1.
   """
   n_arms = len(prob_best)
-  if not (traffic_floor >= 0 and traffic_floor * n_arms <= 1):
-    raise ValueError(
-        f"traffic_floor must satisfy 0 <= floor * n_arms <= 1: {traffic_floor}"
-        f" with {n_arms} arms")
+  if traffic_floor < 0:
+    raise ValueError(f"traffic_floor must be at least 0: {traffic_floor}")
+  traffic_floor = min(traffic_floor, 1 / n_arms) if n_arms else 0.0
   weights = [p or 0.0 for p in prob_best]
   total = sum(weights)
   if total == 0:

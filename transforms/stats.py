@@ -77,8 +77,12 @@ def sample_variance(reward_sum, reward_sq_sum, n):
   n = np.asarray(n, float)
   with np.errstate(divide="ignore", invalid="ignore"):
     centered_sq_sum = reward_sq_sum - reward_sum**2 / n
-    # Cancellation can leave a tiny negative sum when every reward is equal.
-    variance = np.maximum(centered_sq_sum, 0.0) / (n - 1)
+    # When every reward is equal, cancellation leaves a rounding residue (of
+    # either sign) instead of 0; a residue within the sums' rounding error is 0.
+    rounding = 4 * n * np.finfo(float).eps * reward_sq_sum
+    centered_sq_sum = np.where(centered_sq_sum <= rounding, 0.0,
+                               centered_sq_sum)
+    variance = centered_sq_sum / (n - 1)
   return np.where(n > 1, variance, np.nan)
 
 
