@@ -4,6 +4,7 @@ import datetime
 import json
 import pathlib
 
+import pyarrow as pa
 import pytest
 
 from transforms import batches
@@ -218,6 +219,96 @@ def test_fast_path_never_accepts_a_missing_required_field(missing):
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.MISSING_FIELD, missing)]
   assert result.table["ts"].null_count == 0
+
+
+def test_a_block_opening_with_null_is_parsed_record_by_record():
+  # pyarrow's JSON reader crashes the process on such a block.
+  lines = [b"null"] + [prediction(request_id=f"r{i}").encode()
+                       for i in range(3)]
+  result = batches.parse_json_block(b"\n".join(lines), contract.PREDICTION,
+                                    "f.jsonl")
+  assert result.table["request_id"].to_pylist() == ["r0", "r1", "r2"]
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.NOT_AN_OBJECT, "")]
+
+
+def fast_and_slow(record_type, lines):
+  encoded = [line.encode() for line in lines]
+  fast = batches.parse_json_block(b"\n".join(encoded), record_type, "f.jsonl")
+  slow = batches._slow(encoded, record_type, "f.jsonl")  # pylint: disable=protected-access
+  return fast, slow
+
+
+def test_far_future_timestamps_take_the_fast_path():
+  # Microseconds past 2^53: not exact as doubles, which pyarrow refused.
+  lines = [prediction(request_id=f"r{i}", timestamp="3000-01-01T00:00:0%dZ" % i)
+           for i in range(3)]
+  fast, slow = fast_and_slow(contract.PREDICTION, lines)
+  assert fast.fast and fast.table.to_pylist() == slow.table.to_pylist()
+  assert fast.table["ts"][0].as_py() == 32503680000.0
+
+
+def test_a_contract_record_in_a_cloud_event_envelope_is_judged_as_the_contract_does():
+  lines = [json.dumps({"request_id": f"r{i}", "timestamp": EPOCH, "reward": 1,
+                       "specversion": "1.0", "data": {}}) for i in range(3)]
+  fast, slow = fast_and_slow(contract.FEEDBACK, lines)
+  assert fast.table.to_pylist() == slow.table.to_pylist()
+  assert fast.rejected == slow.rejected and len(slow.rejected) == 3
+
+
+def test_crlf_lines_keep_the_same_raw_on_both_paths():
+  lines = [json.dumps({"request_id": f"r{i}", "timestamp": EPOCH,
+                       "reward": 1}) + "\r" for i in range(3)]
+  fast, slow = fast_and_slow(contract.FEEDBACK, lines)
+  assert fast.fast
+  assert fast.table["raw"].to_pylist() == slow.table["raw"].to_pylist()
+
+
+@pytest.mark.parametrize("raw,detail", [
+    ('{"request_id": "\\ud800", "timestamp": 1, "experiment_id": "e", '
+     '"arm": "a"}', "request_id"),
+    ('{"request_id": "r", "timestamp": 1, "experiment_id": "e", '
+     '"arm": "\\udfff"}', "arm"),
+])
+def test_a_lone_surrogate_is_not_text(raw, detail):
+  # json.loads accepts the escape; Arrow and Beam's coders cannot encode it.
+  assert contract.parse_prediction(raw) == contract.Rejected(
+      contract.WRONG_TYPE, detail)
+  result = batches.parse_json_lines([raw.encode()], contract.PREDICTION, "f")
+  assert result.table.num_rows == 0 and len(result.rejected) == 1
+
+
+def parquet_predictions(**columns):
+  base = {"request_id": ["r0", "r1"], "experiment_id": ["e", "e"],
+          "arm": ["a", "b"], "timestamp": [EPOCH, EPOCH + 1]}
+  return pa.table({**base, **columns})
+
+
+@pytest.mark.parametrize("column,values,detail", [
+    ("propensity", ["0.5", "high"], "propensity"),
+    ("shadow", [0, 1], "shadow"),
+])
+def test_parquet_columns_of_a_wrong_type_are_dead_lettered(column, values,
+                                                          detail):
+  result = batches.parse_arrow_batch(
+      parquet_predictions(**{column: values}), contract.PREDICTION, "f")
+  assert result.table.num_rows == 0
+  assert {r for _, r in result.rejected} == {
+      contract.Rejected(contract.WRONG_TYPE, detail)}
+
+
+def test_parquet_timestamps_without_zone_are_utc_whatever_the_neighbours():
+  naive = pa.array([1_795_219_200_000_000_123, 1_795_219_201_000_000_000],
+                   pa.timestamp("ns"))
+  clean = batches.parse_arrow_batch(parquet_predictions(timestamp=naive),
+                                    contract.PREDICTION, "f")
+  mixed = batches.parse_arrow_batch(
+      parquet_predictions(timestamp=naive, arm=["a", None]),
+      contract.PREDICTION, "f")
+  assert clean.table["ts"].to_pylist() == [1_795_219_200.0, 1_795_219_201.0]
+  assert mixed.table["ts"].to_pylist() == [1_795_219_200.0]
+  assert [r for _, r in mixed.rejected] == [
+      contract.Rejected(contract.MISSING_FIELD, "arm")]
 
 
 def test_every_dead_letter_reason_is_documented():

@@ -56,6 +56,8 @@ def test_valid_record():
      features.NON_FINITE_FEATURE, "features"),
     ('{"request_id": "r1", "features": [1, 2, Infinity]}',
      features.NON_FINITE_FEATURE, "features"),
+    ('{"request_id": "\\ud800", "features": [1, 2, 3]}', contract.WRONG_TYPE,
+     "request_id"),
     # Infinite as the model's float32; and an integer no float holds.
     ('{"request_id": "r1", "features": [1, 2, 1e39]}',
      features.NON_FINITE_FEATURE, "features"),

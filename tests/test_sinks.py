@@ -42,6 +42,23 @@ def test_encoded_batch_is_json_of_every_row(constants):
   assert decoded(batch) == expected(batch)
 
 
+def strict_json(line):
+  """json.loads that refuses NaN and Infinity, as BigQuery's loader does."""
+  def refuse(token):
+    raise ValueError(f"not JSON: {token}")
+  return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_floats_in_lists_and_constants_encode_as_null():
+  batch = json_lines.RowBatch(
+      {"model": "m", "threshold": math.inf},
+      pa.table({"scores": [[0.5, math.nan], [math.inf, 1.0]]}))
+  rows = [strict_json(line)
+          for line in json_lines.encode(batch).decode().splitlines()]
+  assert rows == [{"model": "m", "threshold": None, "scores": [0.5, None]},
+                  {"model": "m", "threshold": None, "scores": [None, 1.0]}]
+
+
 def test_empty_batch_encodes_to_nothing():
   assert json_lines.encode(json_lines.RowBatch({"a": 1}, MIXED.slice(0, 0))) \
       == b""

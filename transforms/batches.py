@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Iterable
 
 import numpy as np
@@ -51,10 +52,15 @@ _JSON_FIELDS = {
                           ("experiment_id", pa.string()),
                           ("arm", pa.string()), ("shadow", pa.bool_()),
                           ("propensity", pa.float64()),
-                          ("policy", pa.string())],
+                          ("policy", pa.string()),
+                          ("specversion", pa.string())],
     contract.FEEDBACK: [("request_id", pa.string()), ("reward", pa.float64()),
-                        ("experiment_id", pa.string()), ("arm", pa.string())],
+                        ("experiment_id", pa.string()), ("arm", pa.string()),
+                        ("specversion", pa.string())],
 }
+# pyarrow's reader crashes the process on a block whose first record is
+# `null`: only blocks that open with an object take the fast path.
+_OPENS_WITH_OBJECT = re.compile(rb"\s*\{")
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
 # pyarrow parses a block's 1 MiB chunks on parallel threads.
 _READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 20, use_threads=True)
@@ -142,7 +148,10 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
   """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
   table = pa.Table.from_batches([batch]) if isinstance(
       batch, pa.RecordBatch) else batch
-  normalized = _normalize(_with_timestamp_column(table), record_type)
+  # Both paths read a timestamp column as epoch seconds (UTC when it has no
+  # zone), so a row's fate does not depend on its neighbours.
+  table = _with_timestamp_column(table)
+  normalized = _normalize(table, record_type)
   if normalized is not None:
     raws = None
     if record_type == contract.FEEDBACK:
@@ -160,16 +169,21 @@ def _row_json(row: dict) -> str:
 def _with_timestamp_column(table: pa.Table) -> pa.Table:
   if "timestamp" in table.column_names and pa.types.is_timestamp(
       table.schema.field("timestamp").type):
-    seconds = pc.divide(
-        pc.cast(pc.cast(table["timestamp"], pa.timestamp("us", "UTC")),
-                pa.int64()), 1e6)
+    # Nanoseconds are truncated to the microseconds the output keeps.
+    micros = pc.cast(pc.cast(table["timestamp"], pa.timestamp("us", "UTC"),
+                             safe=False), pa.int64())
     return table.set_column(table.column_names.index("timestamp"), "timestamp",
-                            seconds)
+                            _epoch_seconds(micros))
   return table
 
 
+def _epoch_seconds(micros) -> pa.Array:
+  # Microseconds past 2^53 (after 2255) are not exact as doubles; seconds are.
+  return pc.divide(pc.cast(micros, pa.float64(), safe=False), 1e6)
+
+
 def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
-  if not n_lines:
+  if not n_lines or not _OPENS_WITH_OBJECT.match(data):
     return None
   for ts_type in _TIMESTAMP_TYPES:
     schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
@@ -211,7 +225,7 @@ def _timestamps(table: pa.Table):
       micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       return None
-    seconds = pc.divide(micros, 1e6)
+    seconds = _epoch_seconds(micros)
   elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
     seconds = pc.cast(column, pa.float64())
   else:
@@ -222,12 +236,20 @@ def _timestamps(table: pa.Table):
   return seconds if _all(in_range) else None
 
 
+def _is_number_or_null(kind: pa.DataType) -> bool:
+  return (pa.types.is_floating(kind) or pa.types.is_integer(kind) or
+          pa.types.is_null(kind))
+
+
 def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
   """Normalized columns if every row is valid by the contract, else None."""
   request_id = _present_strings(table, "request_id")
   ts = _timestamps(table)
   if request_id is None or ts is None:
     return None
+  if "specversion" in table.column_names and (
+      table["specversion"].null_count < table.num_rows):
+    return None  # CloudEvents: the contract tells their kind record by record.
   if record_type == contract.PREDICTION:
     experiment_id = _present_strings(table, "experiment_id")
     arm = _present_strings(table, "arm")
@@ -235,6 +257,8 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
       return None
     if "propensity" in table.column_names:
       propensity = table["propensity"]
+      if not _is_number_or_null(propensity.type):
+        return None
       in_range = pc.and_kleene(pc.greater(propensity, 0.0),
                          pc.less_equal(propensity, 1.0))
       if not _all(pc.or_kleene(pc.is_null(propensity), in_range)):
@@ -242,10 +266,12 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
     if "policy" in table.column_names and not pa.types.is_string(
         table["policy"].type):
       return None
-    shadow = (pc.fill_null(table["shadow"], False)
-              if "shadow" in table.column_names else pa.repeat(
-                  False, table.num_rows))
-    if not pa.types.is_boolean(shadow.type):
+    if "shadow" not in table.column_names or pa.types.is_null(
+        table["shadow"].type):
+      shadow = pa.repeat(False, table.num_rows)
+    elif pa.types.is_boolean(table["shadow"].type):
+      shadow = pc.fill_null(table["shadow"], False)
+    else:
       return None
     return pa.table([request_id, ts, experiment_id, arm, shadow],
                     names=list(contract.PREDICTION_FIELDS))
@@ -288,6 +314,7 @@ def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
   rows, rejected = [], []
   for raw in raws:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = text.rstrip("\r\n")  # As the fast path's raws: no line ending.
     parsed = parse(raw)
     if isinstance(parsed, contract.Rejected):
       rejected.append((text, parsed))

@@ -92,22 +92,36 @@ def parse_timestamp(value: Any) -> float:
   return seconds
 
 
+def is_text(value: str) -> bool:
+  """Whether a string is Unicode text: JSON's `\\ud800` escape decodes to a
+  lone surrogate, which no UTF-8 output (Arrow, Beam's coders) can hold."""
+  if value.isascii():
+    return True
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def _text(value: Any, field: str) -> str:
+  if not isinstance(value, str) or not is_text(value):
+    raise _Invalid(WRONG_TYPE, field)
+  return value
+
+
 def _required_str(obj: dict, field: str) -> str:
   value = obj.get(field)
   if value is None or value == "":
     raise _Invalid(MISSING_FIELD, field)
-  if not isinstance(value, str):
-    raise _Invalid(WRONG_TYPE, field)
-  return value
+  return _text(value, field)
 
 
 def _optional_str(obj: dict, field: str) -> str | None:
   value = obj.get(field)
   if value is None or value == "":
     return None
-  if not isinstance(value, str):
-    raise _Invalid(WRONG_TYPE, field)
-  return value
+  return _text(value, field)
 
 
 def _required_timestamp(obj: dict, field: str = "timestamp") -> float:
@@ -205,7 +219,8 @@ def _seldon_feedback(body: dict, ts: float) -> dict:
     raise _Invalid(AMBIGUOUS_ROUTING, ",".join(sorted(routes)))
   (router, branch), = routes.items()
   return dict(request_id=request_id, ts=ts, reward=_reward(body),
-              experiment_id=router, arm=str(branch))
+              experiment_id=_text(router, "response.meta.routing"),
+              arm=str(branch))
 
 
 def _is_cloud_event(obj: dict) -> bool:

@@ -90,7 +90,7 @@ def _request_id(record: dict) -> str:
     raise _Invalid(contract.MISSING_FIELD, REQUEST_ID)
   if type(value) is int:
     return str(value)
-  if not isinstance(value, str):
+  if not isinstance(value, str) or not contract.is_text(value):
     raise _Invalid(contract.WRONG_TYPE, REQUEST_ID)
   return value
 

@@ -9,6 +9,7 @@ json.dumps for their column only.
 from __future__ import annotations
 
 import json
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -27,8 +28,28 @@ class RowBatch(NamedTuple):
     return [{**self.constants, **row} for row in self.table.to_pylist()]
 
 
+def _dumps(value) -> str:
+  """JSON text of a value; JSON has no NaN or infinity: those become null."""
+  try:
+    return json.dumps(value, default=str, separators=(",", ":"),
+                      allow_nan=False)
+  except ValueError:
+    return json.dumps(_without_non_finite(value), default=str,
+                      separators=(",", ":"))
+
+
+def _without_non_finite(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, (list, tuple)):
+    return [_without_non_finite(item) for item in value]
+  if isinstance(value, dict):
+    return {key: _without_non_finite(item) for key, item in value.items()}
+  return value
+
+
 def _per_value(column: pa.Array) -> pa.Array:
-  return pa.array([None if value is None else json.dumps(value, default=str)
+  return pa.array([None if value is None else _dumps(value)
                    for value in column.to_pylist()], pa.string())
 
 
@@ -70,7 +91,7 @@ def encode(batch: RowBatch) -> bytes:
   table = batch.table
   if table.num_rows == 0:
     return b""
-  prefix = json.dumps(batch.constants, default=str, separators=(",", ":"))
+  prefix = _dumps(batch.constants)
   pieces, opening = [], prefix[:-1] if batch.constants else "{"
   for name in table.column_names:
     separator = "," if pieces or batch.constants else ""
