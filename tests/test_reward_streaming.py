@@ -169,8 +169,8 @@ def test_out_of_order_early_duplicate_late_shadow_and_orphan_records(
                      message("predictions", "not json", published=T0 + 5)])
       .advance_watermark_to(T0 + 8)
       .add_elements([pred("r2", 3, "b"), pred("r1", 2, "a")])  # r1 re-logged
-      .advance_watermark_to(T0 + 30)
-      .add_elements([fb("r1", 9, 1.0)])  # r1 was decided at 21 s: too late
+      .advance_watermark_to(T0 + 35)
+      .add_elements([fb("r1", 9, 1.0)])  # r1 was decided at 31 s: too late
       .advance_watermark_to(T0 + 100)
       .advance_watermark_to_infinity())
   p = pipeline()
@@ -220,16 +220,16 @@ def test_early_on_time_and_late_panes_accumulate():
       .advance_watermark_to(T0)
       .add_elements([pred("a1", 1, "a"), fb("a1", 5, 1.0), pred("b1", 2, "b")])
       .advance_processing_time(30)
-      .advance_watermark_to(T0 + 30)  # a1 and b1 decided (at 21 s and 22 s)
+      .advance_watermark_to(T0 + 35)  # a1 and b1 decided (at 31 s and 32 s)
       .add_elements([pred("a2", 40, "a"), fb("a2", 45, 0.0),
                      pred("b2", 50, "b"), fb("b2", 55, 1.0)])
       .advance_processing_time(50)  # early pane 0
-      .advance_watermark_to(T0 + 80)  # a2 and b2 decided
+      .advance_watermark_to(T0 + 85)  # a2 and b2 decided (at 70 s and 80 s)
       .add_elements([pred("a3", 90, "a"), fb("a3", 95, 1.0)])
       .advance_processing_time(25)  # early pane 1
       .advance_watermark_to(T0 + 105)  # the window's end: on-time pane 2
       .advance_processing_time(10)
-      .advance_watermark_to(T0 + 115)  # a3 decided, after the window's end
+      .advance_watermark_to(T0 + 125)  # a3 decided at 120 s, after the window's end
       .advance_processing_time(85)  # late pane 3
       .advance_watermark_to(T0 + 200)  # past end + 20 s + 10 s: expired
       .advance_watermark_to_infinity())
@@ -267,7 +267,7 @@ def test_contribution_past_allowed_lateness_misses_its_window_only():
       .advance_watermark_to(T0)
       .add_elements([pred("p1", 10, "a"), fb("p1", 12, 1.0)])
       .advance_processing_time(45)
-      .advance_watermark_to(T0 + 40)  # p1 decided: early pane 0
+      .advance_watermark_to(T0 + 45)  # p1 decided at 40 s: early pane 0
       .advance_processing_time(260)
       .advance_watermark_to(T0 + 300)  # on-time pane 1; expired at 130 s
       # Logged at 20 s but arriving 280 s behind the watermark.
@@ -295,18 +295,65 @@ def test_contribution_past_allowed_lateness_misses_its_window_only():
     pass
 
 
+@pytest.mark.parametrize("watermark,feedback_ts", [
+    (25, 19),  # 6 s behind the watermark, within the 10 s lateness
+    (21, 21),  # on time, at the attribution window's last second
+])
+def test_feedback_within_its_window_and_the_lateness_counts(watermark,
+                                                            feedback_ts):
+  events = (
+      TestStream()
+      .advance_watermark_to(T0)
+      .add_elements([pred("r1", 1, "a")])
+      .advance_watermark_to(T0 + watermark)
+      .add_elements([fb("r1", feedback_ts, 1.0)])
+      .advance_watermark_to(T0 + 100)
+      .advance_watermark_to_infinity())
+  p = pipeline()
+  outputs = run_streaming(p, events)
+  assert_that(outputs["arm_stats_so_far"] | "Final" >> beam.ParDo(final)
+              | beam.Map(totals), equal_to([("a", 1, 1, 1, 1.0)]))
+  with p:
+    pass
+
+
+@pytest.mark.parametrize("prediction_ts,watermark", [
+    (20, 20),  # stamped 15 s after its feedback (clock skew), on time
+    (10, 16),  # 5 s after its feedback, arriving 6 s behind the watermark
+])
+def test_feedback_stamped_before_its_prediction_waits_for_it(prediction_ts,
+                                                             watermark):
+  events = (
+      TestStream()
+      .advance_watermark_to(T0)
+      .add_elements([fb("r1", 5, 1.0)])
+      .advance_watermark_to(T0 + watermark)
+      .add_elements([pred("r1", prediction_ts, "a")])
+      .advance_watermark_to(T0 + 100)
+      .advance_watermark_to_infinity())
+  p = pipeline()
+  outputs = run_streaming(p, events)
+  assert_that(outputs["arm_stats_so_far"] | "Final" >> beam.ParDo(final)
+              | beam.Map(totals), equal_to([("a", 1, 1, 1, 1.0)]),
+              label="SoFar")
+  assert_that(outputs["dead_letter"], equal_to([]), label="NoOrphan")
+  with p:
+    pass
+
+
 def test_request_state_is_cleared_after_window_and_lateness():
-  # Attribution window 20 s and lateness 10 s: r1's state lives until 30 s.
+  # Attribution window 20 s and lateness 10 s: r1 is decided at 30 s and its
+  # state lives until 40 s.
   events = (
       TestStream()
       .advance_processing_time(T0)
       .advance_watermark_to(T0)
       .add_elements([pred("r1", 0, "a"), fb("r1", 5, 1.0), pred("r2", 0, "b")])
       .advance_processing_time(25)
-      .advance_watermark_to(T0 + 25)  # decided; tombstones until 30 s
+      .advance_watermark_to(T0 + 35)  # decided; tombstones until 40 s
       .add_elements([pred("r1", 0, "a"), fb("r1", 6, 0.0)])  # stragglers
       .advance_processing_time(15)
-      .advance_watermark_to(T0 + 40)  # both states cleared
+      .advance_watermark_to(T0 + 45)  # both states cleared
       # After the clean-up nothing is left of r1 and r2: r1's prediction log
       # opens a new request, r2's feedback has no prediction any more.
       .add_elements([pred("r1", 0, "a"), fb("r2", 15, 1.0)])

@@ -1,21 +1,24 @@
 """Attribute feedback to predictions as they stream in: state and timers per request_id.
 
-The records of one request wait in state until its attribution window closes
-in event time (prediction time + attribution window). Then the request is
-decided once, with the batch semantics (`rewards.attribute_request`), and its
-contribution to its arm is emitted at the prediction's event time, so that
-event-time windows downstream group it with the other predictions of its
-window. One event-time timer per request drives its life:
+The records of one request wait in state until its attribution window has
+closed in event time and every record of it that is at most `lateness_s`
+behind the watermark has arrived (prediction time + attribution window +
+lateness). Then the request is decided once, with the batch semantics
+(`rewards.attribute_request`), and its contribution to its arm is emitted at
+the prediction's event time, so that event-time windows downstream group it
+with the other predictions of its window. One event-time timer per request
+drives its life (W: attribution window, L: lateness):
 
-  a prediction ───► timer at its ts + attribution window
-                      fires: decide, emit the contribution; timer += lateness
+  a prediction ───► timer at its ts + W + L
+                      fires: decide, emit the contribution; timer += L
                       fires: clear the state
-  feedback first ─► timer at the latest feedback ts + lateness (a prediction
-                    coming meanwhile sets it as above)
+  feedback first ─► timer at the latest feedback ts + W + L: its prediction
+                    may be stamped up to W later (clock skew) and arrive up to
+                    L late; a prediction coming meanwhile sets it as above
                       fires: orphan_feedback dead letters; clear the state
 
-A request's state is gone `lateness_s` after its window has closed. During
-that tombstone, straggling feedback counts as late (or shadow) and straggling
+A request's state is gone `lateness_s` after it is decided. During that
+tombstone, straggling feedback counts as late (or shadow) and straggling
 prediction logs as duplicates instead of starting a new request.
 """
 
@@ -93,7 +96,7 @@ class _AttributeRequestFn(beam.DoFn):
     # The earliest prediction log of a request is the one kept, as in batch.
     prediction.write((record["ts"], record["experiment_id"], record["arm"],
                       record["shadow"]))
-    deadline.set(record["ts"] + self._config.attribution_window_s)
+    deadline.set(self._decision_time(record["ts"]))
 
   def _on_feedback(self, record, kept, pending, feedback, decided, deadline):
     if decided.read():
@@ -102,9 +105,13 @@ class _AttributeRequestFn(beam.DoFn):
       return
     feedback.add((record["ts"], record["reward"], record["raw"]))
     if kept is None:
-      # Its prediction may still come until the latest feedback is this late.
+      # Its prediction may still come: stamped up to an attribution window
+      # after the latest feedback, and up to the lateness behind the watermark.
       latest = max([ts for ts, _, _ in pending] + [record["ts"]])
-      deadline.set(latest + self._lateness_s)
+      deadline.set(self._decision_time(latest))
+
+  def _decision_time(self, ts: float) -> float:
+    return ts + self._config.attribution_window_s + self._lateness_s
 
   @userstate.on_timer(DEADLINE)
   def on_deadline(self, prediction=beam.DoFn.StateParam(PREDICTION),
@@ -120,8 +127,7 @@ class _AttributeRequestFn(beam.DoFn):
       yield from self._decide(kept, feedback.read())
       feedback.clear()
       decided.write(True)
-      deadline.set(kept[0] + self._config.attribution_window_s +
-                   self._lateness_s)
+      deadline.set(self._decision_time(kept[0]) + self._lateness_s)
     else:
       prediction.clear()
       decided.clear()
