@@ -19,7 +19,8 @@ Thompson sampling draws each arm's success rate from its Beta(alpha, beta)
 posterior and routes to the highest draw, as Seldon's ThompsonSampling router.
 Continuous rewards have no Beta posterior; there the router routes with the
 probabilities `traffic_share`, the split Thompson sampling makes in
-expectation (an arm without data gets only the pipeline's --traffic_floor).
+expectation (an arm without data gets only the pipeline's --traffic_floor; a
+branch the state does not know yet gets an equal share, 1 / branches).
 Epsilon-greedy routes to the arm with the best mean reward, or with
 probability epsilon to one of the other arms, as Seldon's EpsilonGreedy.
 
@@ -75,8 +76,16 @@ class BanditRouter:
     # A branch the state does not know starts from the Beta(1, 1) prior.
     self.alpha = column("alpha", 1)
     self.beta = column("beta", 1)
-    shares = column("traffic_share", 0)
-    self.traffic_share = shares / shares.sum()
+    # A branch the state does not know gets an equal share of the traffic, to
+    # explore it; the others split the rest as the state says.
+    shares = column("traffic_share", np.nan)
+    new = np.isnan(shares)
+    known = shares[~new]
+    shares[new] = 1 / len(shares)
+    if known.size:
+      shares[~new] = (1 - new.mean()) * (
+          known / known.sum() if known.sum() > 0 else 1 / known.size)
+    self.traffic_share = shares
 
   def route(self, features, feature_names) -> int:
     if self.policy == EPSILON_GREEDY:

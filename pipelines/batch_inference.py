@@ -60,7 +60,7 @@ class BatchInferenceOptions(PipelineOptions):
                   "Number of features", type=int, regexes=(r"^[0-9]+$",)),
       opts.Option("batch_size", "Rows per block: one element from the "
                   "reader to the model, one call per model.", "Batch size",
-                  type=int, default=8192, regexes=(r"^[0-9]+$",)),
+                  type=int, default=8192, regexes=(r"^[1-9][0-9]*$",)),
   )
   OUTPUT_FILE_OPTIONS = (
       opts.Option("output_format", "Files under --output_dir: jsonl (JSON "
@@ -185,6 +185,8 @@ def batch_inference(pipeline_options: PipelineOptions) -> BatchInference:
   models = pipeline_options.view_as(ModelOptions)
   if bool(inputs.features) == bool(inputs.features_table):
     raise ValueError("give either --features or --features_table")
+  if inputs.batch_size < 1:
+    raise ValueError(f"--batch_size must be at least 1: {inputs.batch_size}")
   paths = model_paths(models.model)
   scoring = predictions.ScoringConfig(tuple(paths), models.mode,
                                       models.combine, models.baseline,

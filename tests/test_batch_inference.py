@@ -471,6 +471,11 @@ def test_options_and_feature_width(models, tmp_path):
     batch_inference.model_paths(["a=x.keras", "a=y.keras"])
   with pytest.raises(ValueError, match="NAME=PATH"):
     batch_inference.model_paths(["x.keras"])
+  # No rows per block would read nothing, silently.
+  with pytest.raises(ValueError, match="batch_size"):
+    batch_inference.batch_inference(PipelineOptions(
+        ["--features=f.jsonl", f"--model=lin={models['lin']}",
+         "--batch_size=0"]))
 
   functional_input = keras.Input((7,))
   functional = keras.Model(functional_input,

@@ -119,3 +119,32 @@ def test_continuous_rewards_route_by_traffic_share(tmp_path):
   assert min(expected) > 0.1  # both arms above the floor
   router = BanditRouter(path, "exp", seed=9)
   assert route_counts(router, 4000) == pytest.approx(expected, abs=0.03)
+
+
+def continuous_state(tmp_path, traffic_floor=0.1):
+  rng = np.random.default_rng(10)
+  arms = []
+  for name, mean in (("a", 1.0), ("b", 1.5)):
+    rewards = rng.normal(mean, 1.0, 500)
+    arms.append(ArmTotals(name, 500, 500, float(rewards.sum()),
+                          float((rewards**2).sum()), False))
+  path = write_states(tmp_path / "state.json", {"exp": arms}, traffic_floor)
+  state = router_state.from_json(open(path).read())
+  return path, [arm["traffic_share"] for arm in state["arms"]]
+
+
+def test_continuous_rewards_explore_a_branch_the_state_does_not_know(tmp_path):
+  path, (share_a, share_b) = continuous_state(tmp_path)
+  router = BanditRouter(path, "exp", seed=11, branch_names="a:b:new")
+  # The new branch gets an equal share; a and b split the rest as the state.
+  assert router.traffic_share == pytest.approx(
+      [2 / 3 * share_a, 2 / 3 * share_b, 1 / 3])
+  assert route_counts(router, 3000) == pytest.approx(router.traffic_share,
+                                                     abs=0.03)
+
+
+def test_continuous_rewards_with_no_known_branch_split_equally(tmp_path):
+  path, _ = continuous_state(tmp_path)
+  router = BanditRouter(path, "exp", seed=12, branch_names="x:y")
+  assert router.traffic_share == pytest.approx([0.5, 0.5])
+  assert route_counts(router, 2000) == pytest.approx([0.5, 0.5], abs=0.04)

@@ -158,6 +158,17 @@ def test_arrow_fixed_size_integer_list_and_integer_request_ids():
   assert [r.reason for _, r in block.rejected] == [contract.MISSING_FIELD]
 
 
+def test_arrow_dictionary_encoded_request_ids():
+  # pandas categories arrive from Parquet as dictionaries of strings.
+  table = pa.table({
+      "request_id": pa.array(["a", "b", "a"]).dictionary_encode(),
+      "features": [[1.0, 2.0, 3.0]] * 3,
+  })
+  block = features.parse_arrow_batch(table, SPEC, "f.parquet")
+  assert block.batch.request_ids.to_pylist() == ["a", "b", "a"]
+  assert block.rejected == []
+
+
 def test_arrow_feature_columns():
   table = pa.table({"request_id": ["x", "y", "z"], "a": [1.0, 2.0, 3.0],
                     "b": pa.array([1, None, 3], pa.int32()),

@@ -194,6 +194,13 @@ def test_an_experiment_with_one_arm_has_no_lift_and_no_srm():
   assert "Sample ratio not tested" in page
 
 
+def test_arms_with_no_success_or_only_successes_render():
+  rows, state = _tables("e", {"control": _binary(1000, 120),
+                              "none": _binary(100, 0), "all": _binary(10, 10)})
+  page = report_html.render_report(rows, [state])
+  assert all(arm in page for arm in ("control", "none", "all"))
+
+
 def test_impression_shares():
   arms = [{"arm": "a", "impressions": 300}, {"arm": "b", "impressions": 100}]
 

@@ -60,6 +60,18 @@ def test_binary_interval_is_wilson(successes, samples):
   assert row["ci_high"] == pytest.approx(expected.high, abs=1e-12)
 
 
+def test_wilson_interval_holds_its_mean_at_zero_and_one():
+  # At 0 or n successes an end of the interval is the mean itself; rounding
+  # used to leave the mean outside (e.g. low = 3.5e-18 at 0 of 100).
+  n = np.arange(1, 3001)
+  for successes in (np.zeros_like(n), n):
+    low, high = stats.wilson_interval(successes, n)
+    mean = successes / n
+    assert np.all((low <= mean) & (mean <= high))
+  assert np.all(stats.wilson_interval(0, n)[0] == 0.0)
+  assert np.all(stats.wilson_interval(n, n)[1] == 1.0)
+
+
 def test_wilson_interval_follows_alpha():
   expected = scipy.stats.binomtest(30, 200).proportion_ci(
       confidence_level=0.9, method="wilson")

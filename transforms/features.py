@@ -204,6 +204,8 @@ def _arrow_request_ids(table: pa.Table, checks: list) -> pa.Array:
                                                         REQUEST_ID)))
     return pa.nulls(rows, pa.string())
   ids = table[REQUEST_ID].combine_chunks()
+  if pa.types.is_dictionary(ids.type):  # e.g. written from a pandas category
+    ids = ids.dictionary_decode()
   if pa.types.is_integer(ids.type):
     ids = pc.cast(ids, pa.string())
   elif not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):

@@ -243,7 +243,7 @@ def _interval_errors(center: float, low, high) -> list:
   """matplotlib's xerr of one point: distances to the interval ends."""
   if not (_defined(low) and _defined(high)):
     return [[0.0], [0.0]]
-  return [[center - low], [high - center]]
+  return [[max(center - low, 0.0)], [max(high - center, 0.0)]]
 
 
 def mean_chart(arms: Sequence[Mapping]) -> str | None:

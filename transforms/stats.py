@@ -65,7 +65,9 @@ def wilson_interval(successes, n, alpha: float = 0.05):
     denominator = 1 + z**2 / n
     center = (p + z**2 / (2 * n)) / denominator
     half_width = z / denominator * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-  return center - half_width, center + half_width
+  # At p = 0 or 1 an end equals p; rounding must not leave p outside.
+  return (np.clip(center - half_width, 0.0, p),
+          np.clip(center + half_width, p, 1.0))
 
 
 def sample_variance(reward_sum, reward_sq_sum, n):
