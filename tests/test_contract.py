@@ -154,6 +154,19 @@ def test_pseudonymized_user_id_is_keyed_and_stable():
   assert contract.redact_raw(raw, None) == raw
 
 
+def test_every_user_id_is_pseudonymized_at_any_depth_and_type():
+  raw = json.dumps({"user_id": 424242, "data": {"user_id": {"id": "bob"}},
+                    "items": [{"user_id": "carol"}], "note": "keep"})
+  redacted = json.loads(contract.redact_raw(raw, b"k"))
+  assert redacted == {
+      "user_id": contract.pseudonymize("424242", b"k"),
+      "data": {"user_id": contract.pseudonymize('{"id": "bob"}', b"k")},
+      "items": [{"user_id": contract.pseudonymize("carol", b"k")}],
+      "note": "keep"}
+  for clear in ("424242", "bob", "carol"):
+    assert clear not in contract.redact_raw(raw, b"k")
+
+
 @pytest.mark.parametrize("record_type,lines", [
     (contract.PREDICTION, [
         prediction(request_id=f"r{i}", timestamp=EPOCH + i,
@@ -237,6 +250,30 @@ def fast_and_slow(record_type, lines):
   fast = batches.parse_json_block(b"\n".join(encoded), record_type, "f.jsonl")
   slow = batches._slow(encoded, record_type, "f.jsonl")  # pylint: disable=protected-access
   return fast, slow
+
+
+def test_invalid_utf8_is_invalid_json_wherever_it_is():
+  # pyarrow's reader does not check UTF-8; the contract does (json.loads).
+  good = [prediction(request_id=f"r{i}").encode() for i in range(3)]
+  in_arm = prediction(request_id="x1").encode().replace(b'"a"', b'"caf\xe9"')
+  in_unused = prediction(request_id="x2", user_id="jos\u00e9").encode(
+      ).replace(b"\\u00e9", b"\xe9")
+  for bad in (in_arm, in_unused):
+    result = batches.parse_json_block(b"\n".join(good + [bad]),
+                                      contract.PREDICTION, "f.jsonl")
+    assert result.table["request_id"].to_pylist() == ["r0", "r1", "r2"]
+    assert [r for _, r in result.rejected] == [
+        contract.Rejected(contract.INVALID_JSON, "")]
+
+
+def test_two_objects_on_one_line_are_invalid_json_despite_a_blank_line():
+  lines = [prediction(request_id="a") + prediction(request_id="b"), "",
+           prediction(request_id="c")]
+  result = batches.parse_json_block("\n".join(lines).encode(),
+                                    contract.PREDICTION, "f.jsonl")
+  assert result.table["request_id"].to_pylist() == ["c"]
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.INVALID_JSON, "")]
 
 
 def test_far_future_timestamps_take_the_fast_path():

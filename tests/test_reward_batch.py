@@ -205,12 +205,13 @@ def test_feedback_only_uses_the_arms_feedback_carries(tmp_path):
     pass
 
 
-def test_parquet_input_matches_jsonl(tmp_path):
+@pytest.mark.parametrize("name", ["p.parquet", "P.PARQUET"])
+def test_parquet_input_matches_jsonl(tmp_path, name):
   rows = [pred(f"r{i}", i, "ab"[i % 2]) for i in range(6)]
-  pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+  pq.write_table(pa.Table.from_pylist(rows), tmp_path / name)
   feedback = write_lines(tmp_path / "fb.jsonl",
                          [fb(f"r{i}", i + 1, 1) for i in range(0, 6, 3)])
-  p, outputs = run_aggregation(str(tmp_path / "p.parquet"), feedback)
+  p, outputs = run_aggregation(str(tmp_path / name), feedback)
   assert_that(outputs["arm_stats"] | beam.Map(project_arm),
               equal_to([("exp", "a", 3, 1, 3, 1.0),
                         ("exp", "b", 3, 1, 3, 1.0)]))

@@ -59,6 +59,20 @@ def test_non_finite_floats_in_lists_and_constants_encode_as_null():
                   {"model": "m", "threshold": None, "scores": [None, 1.0]}]
 
 
+def test_row_dicts_with_non_finite_floats_write_valid_json(tmp_path):
+  # Rewards of 1e200 are finite; their squares are not.
+  table = schemas.DATA_QUALITY
+  config = sinks.OutputConfig(run_id="r1", partition_date="2026-11-21",
+                              output_dir=str(tmp_path))
+  with TestPipeline(runner="FnApiRunner") as p:
+    _ = (p | beam.Create([{"record_type": "x", "metric": "m",
+                           "count": math.inf}])
+         | sinks.WriteTable(table, config))
+  rows = [strict_json(line) for path in tmp_path.glob("data_quality*.jsonl")
+          for line in path.read_text().splitlines()]
+  assert [row["count"] for row in rows] == [None]
+
+
 def test_empty_batch_encodes_to_nothing():
   assert json_lines.encode(json_lines.RowBatch({"a": 1}, MIXED.slice(0, 0))) \
       == b""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from typing import Iterable
 
 import numpy as np
@@ -58,9 +57,7 @@ _JSON_FIELDS = {
                         ("experiment_id", pa.string()), ("arm", pa.string()),
                         ("specversion", pa.string())],
 }
-# pyarrow's reader crashes the process on a block whose first record is
-# `null`: only blocks that open with an object take the fast path.
-_OPENS_WITH_OBJECT = re.compile(rb"\s*\{")
+
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
 # pyarrow parses a block's 1 MiB chunks on parallel threads.
 _READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 20, use_threads=True)
@@ -95,8 +92,7 @@ def split_lines(block: bytes) -> list[bytes]:
 def parse_json_block(block: bytes, record_type: str,
                      source_file: str) -> BlockResult:
   """Parse and validate a block of whole JSON lines of one record type."""
-  n_lines = block.count(b"\n") + (not block.endswith(b"\n"))
-  result = _fast_block(block, n_lines, record_type, source_file)
+  result = _fast_block(block, record_type, source_file)
   if result is not None:
     return result
   return parse_json_lines(split_lines(block), record_type, source_file)
@@ -105,8 +101,7 @@ def parse_json_block(block: bytes, record_type: str,
 def parse_json_lines(lines: list[bytes], record_type: str,
                      source_file: str) -> BlockResult:
   """Parse and validate non-blank JSON lines of one record type."""
-  result = _fast_block(b"\n".join(lines), len(lines), record_type,
-                       source_file)
+  result = _fast_block(b"\n".join(lines), record_type, source_file)
   if result is not None:
     return result
   if len(lines) <= MIN_FAST_LINES:
@@ -119,24 +114,45 @@ def parse_json_lines(lines: list[bytes], record_type: str,
                      sum(part.fast_rows for part in parts))
 
 
-def _fast_block(data: bytes, n_lines: int, record_type: str,
+def _fast_block(data: bytes, record_type: str,
                 source_file: str) -> BlockResult | None:
-  table = _fast_json(data, n_lines, record_type)
+  """The block parsed by pyarrow as a whole, or None where only the contract,
+  record by record, can tell (or the block is invalid somewhere)."""
+  buffer = np.frombuffer(data, np.uint8)
+  ends = np.flatnonzero(buffer == ord("\n")) + 1
+  if not data.endswith(b"\n"):
+    ends = np.append(ends, len(data))
+  # pyarrow's reader skips blank lines, takes two objects on one line as two
+  # rows, does not check UTF-8, and crashes the process on a block that opens
+  # with `null`: the fast path takes blocks of which every line opens with an
+  # object and that are UTF-8, and then one row per line.
+  starts = np.concatenate([[0], ends[:-1]])
+  if not len(ends) or not (buffer[starts] == ord("{")).all() or not (
+      _is_utf8(data)):
+    return None
+  table = _fast_json(data, len(ends), record_type)
   if table is None:
     return None
   normalized = _normalize(table, record_type)
   if normalized is None:
     return None
-  raws = _lines_array(data) if record_type == contract.FEEDBACK else None
+  raws = _lines_array(data, ends) if record_type == contract.FEEDBACK else None
   return BlockResult(_finish(normalized, record_type, raws, source_file), [],
-                     n_lines)
+                     len(ends))
 
 
-def _lines_array(data: bytes) -> pa.Array:
+def _is_utf8(data: bytes) -> bool:
+  offsets = pa.py_buffer(np.array([0, len(data)], np.int32))
+  try:
+    pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data)).validate(
+        full=True)
+  except pa.ArrowInvalid:
+    return False
+  return True
+
+
+def _lines_array(data: bytes, ends: np.ndarray) -> pa.Array:
   """Each line of `data` as a string, built from the block's own buffer."""
-  ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
-  if not data.endswith(b"\n"):
-    ends = np.append(ends, len(data))
   offsets = np.concatenate([[0], ends]).astype(np.int32)
   lines = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets),
                                       pa.py_buffer(data))
@@ -183,8 +199,6 @@ def _epoch_seconds(micros) -> pa.Array:
 
 
 def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
-  if not n_lines or not _OPENS_WITH_OBJECT.match(data):
-    return None
   for ts_type in _TIMESTAMP_TYPES:
     schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
     options = pa_json.ParseOptions(explicit_schema=schema,
@@ -194,7 +208,7 @@ def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
                                 parse_options=options)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       continue
-    if table.num_rows == n_lines:  # pyarrow skips blank lines; we count them.
+    if table.num_rows == n_lines:  # Not two objects on one line.
       return table
     return None
   return None

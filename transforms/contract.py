@@ -264,15 +264,31 @@ def pseudonymize(value: str, key: bytes) -> str:
 
 
 def redact_raw(raw: str, key: bytes | None) -> str:
-  """The raw record as stored in the dead-letter table: `user_id` pseudonymized
-  when a key is configured (unparseable records are kept as they are)."""
+  """The raw record as stored in the dead-letter table: every `user_id`, at
+  any depth (a CloudEvent's data too) and of any type, pseudonymized when a
+  key is configured (unparseable records are kept as they are)."""
   if key is None or "user_id" not in raw:
     return raw
   try:
     obj = json.loads(raw)
   except ValueError:
     return raw
-  if isinstance(obj, dict) and isinstance(obj.get("user_id"), str):
-    obj["user_id"] = pseudonymize(obj["user_id"], key)
-    return json.dumps(obj, separators=(",", ":"))
-  return raw
+  redacted = _redact(obj, key)
+  return raw if redacted == obj else json.dumps(redacted,
+                                                separators=(",", ":"))
+
+
+def _redact(value: Any, key: bytes) -> Any:
+  if isinstance(value, list):
+    return [_redact(item, key) for item in value]
+  if not isinstance(value, dict):
+    return value
+  redacted = {}
+  for name, item in value.items():
+    if name == "user_id" and item is not None:
+      text = item if isinstance(item, str) else json.dumps(item,
+                                                           sort_keys=True)
+      redacted[name] = pseudonymize(text, key)
+    else:
+      redacted[name] = _redact(item, key)
+  return redacted

@@ -29,6 +29,7 @@ from transforms import contract
 from transforms import features
 from transforms import predictions
 from transforms import quality
+from transforms import read_logs
 from transforms import schemas
 
 METRICS_NAMESPACE = "batch_inference"
@@ -82,7 +83,7 @@ class _ReadFeatureFile(beam.DoFn):
     self._batch_size = batch_size
 
   def process(self, path):
-    if path.endswith(".parquet"):
+    if read_logs.is_parquet(path):
       blocks = self._parquet_blocks(path)
     else:
       blocks = self._json_blocks(path)

@@ -28,14 +28,13 @@ class RowBatch(NamedTuple):
     return [{**self.constants, **row} for row in self.table.to_pylist()]
 
 
-def _dumps(value) -> str:
+def dumps(value, sort_keys: bool = False) -> str:
   """JSON text of a value; JSON has no NaN or infinity: those become null."""
+  options = dict(default=str, separators=(",", ":"), sort_keys=sort_keys)
   try:
-    return json.dumps(value, default=str, separators=(",", ":"),
-                      allow_nan=False)
+    return json.dumps(value, allow_nan=False, **options)
   except ValueError:
-    return json.dumps(_without_non_finite(value), default=str,
-                      separators=(",", ":"))
+    return json.dumps(_without_non_finite(value), **options)
 
 
 def _without_non_finite(value):
@@ -49,7 +48,7 @@ def _without_non_finite(value):
 
 
 def _per_value(column: pa.Array) -> pa.Array:
-  return pa.array([None if value is None else _dumps(value)
+  return pa.array([None if value is None else dumps(value)
                    for value in column.to_pylist()], pa.string())
 
 
@@ -91,7 +90,7 @@ def encode(batch: RowBatch) -> bytes:
   table = batch.table
   if table.num_rows == 0:
     return b""
-  prefix = _dumps(batch.constants)
+  prefix = dumps(batch.constants)
   pieces, opening = [], prefix[:-1] if batch.constants else "{"
   for name in table.column_names:
     separator = "," if pieces or batch.constants else ""

@@ -17,8 +17,8 @@ BLOCK_BYTES = 16 << 20
 PARQUET_BATCH_ROWS = 8192
 
 
-def _is_parquet(path: str) -> bool:
-  return path.endswith(".parquet")
+def is_parquet(path: str) -> bool:
+  return path.lower().endswith(".parquet")
 
 
 def _is_compressed(path: str) -> bool:
@@ -31,7 +31,7 @@ class _SplitFile(beam.DoFn):
 
   def process(self, metadata):
     path, size = metadata.path, metadata.size_in_bytes
-    if _is_parquet(path) or _is_compressed(path) or size <= SPLIT_BYTES:
+    if is_parquet(path) or _is_compressed(path) or size <= SPLIT_BYTES:
       yield path, 0, None
       return
     for start in range(0, size, SPLIT_BYTES):
@@ -71,7 +71,7 @@ class _ParseFileRange(beam.DoFn):
 
   def process(self, file_range):
     path, start, end = file_range
-    if _is_parquet(path):
+    if is_parquet(path):
       blocks = self._parquet_blocks(path)
     else:
       blocks = self._json_blocks(path, start, end)

@@ -105,7 +105,7 @@ class _StampRun(beam.DoFn):
 def _to_json(element) -> bytes:
   if isinstance(element, json_lines.RowBatch):
     return json_lines.encode(element)
-  return json.dumps(element, sort_keys=True).encode("utf-8")
+  return json_lines.dumps(element, sort_keys=True).encode("utf-8")
 
 
 class _ToArrow(beam.DoFn):
