@@ -285,3 +285,11 @@ def test_a_router_continues_from_the_pipelines_router_state(tmp_path):
       str(state_file), "homepage-ranker", policy="epsilon_greedy",
       epsilon=0.0, branch_names=":".join(names))
   assert {names[router.route([], [])] for _ in range(20)} == {best}
+
+
+def test_a_pattern_matching_no_file_fails_the_run(tmp_path):
+  feedback = write_lines(tmp_path / "fb.jsonl", [fb("r1", 0, 1)])
+  p, _ = run_aggregation(str(tmp_path / "no-such-predictions-*.jsonl"),
+                         feedback)
+  with pytest.raises(Exception, match="Empty match for pattern .*no-such-"):
+    p.run().wait_until_finish()

@@ -153,7 +153,11 @@ class ReadFeatures(beam.PTransform):
                   self._spec, self._table)).with_outputs(*outputs,
                                                          main="batches"))
     return (pbegin
-            | "Match" >> fileio.MatchFiles(self._file_pattern)
+            # A pattern that matches nothing is a mistake (or lost logs),
+            # not an empty day: fail instead of writing empty tables.
+            | "Match" >> fileio.MatchFiles(
+                self._file_pattern,
+                empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "Distribute" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ReadFeatureFile(

@@ -105,7 +105,11 @@ class ReadLogs(beam.PTransform):
 
   def expand(self, pbegin):
     return (pbegin
-            | "Match" >> fileio.MatchFiles(self._file_pattern)
+            # A pattern that matches nothing is a mistake (or lost logs),
+            # not an empty day: fail instead of writing empty tables.
+            | "Match" >> fileio.MatchFiles(
+                self._file_pattern,
+                empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
             | "Split" >> beam.ParDo(_SplitFile())
             | "Distribute" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseFileRange(
