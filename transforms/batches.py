@@ -118,6 +118,8 @@ def _fast_block(data: bytes, record_type: str,
                 source_file: str) -> BlockResult | None:
   """The block parsed by pyarrow as a whole, or None where only the contract,
   record by record, can tell (or the block is invalid somewhere)."""
+  if not data:
+    return None
   buffer = np.frombuffer(data, np.uint8)
   ends = np.flatnonzero(buffer == ord("\n")) + 1
   if not data.endswith(b"\n"):
@@ -164,6 +166,9 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
   """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
   table = pa.Table.from_batches([batch]) if isinstance(
       batch, pa.RecordBatch) else batch
+  if len(set(table.column_names)) < table.num_columns:  # Which one counts?
+    return _slow([_row_json(row) for row in table.to_pylist()], record_type,
+                 source_file)
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
   table = _with_timestamp_column(table)
@@ -196,6 +201,11 @@ def _with_timestamp_column(table: pa.Table) -> pa.Table:
 def _epoch_seconds(micros) -> pa.Array:
   # Microseconds past 2^53 (after 2255) are not exact as doubles; seconds are.
   return pc.divide(pc.cast(micros, pa.float64(), safe=False), 1e6)
+
+
+# Below this many microseconds (2^53, in 2255) micros / 1e6 rounds once, as
+# Python's datetime.timestamp() does; later text timestamps take the contract.
+_EXACT_MICROS = 2**53
 
 
 def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
@@ -239,9 +249,12 @@ def _timestamps(table: pa.Table):
       micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       return None
+    if pc.max(pc.abs(micros)).as_py() >= _EXACT_MICROS:
+      return None
     seconds = _epoch_seconds(micros)
   elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
-    seconds = pc.cast(column, pa.float64())
+    # Integers past 2^53 round to the nearest double, as Python's float().
+    seconds = pc.cast(column, pa.float64(), safe=False)
   else:
     return None
   # Out of range (or NaN): the slow path dead-letters those rows alone.
@@ -295,7 +308,7 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
   if not pa.types.is_floating(reward.type) and not pa.types.is_integer(
       reward.type):
     return None
-  reward = pc.cast(reward, pa.float64())
+  reward = pc.cast(reward, pa.float64(), safe=False)
   if not _all(pc.is_finite(reward)):
     return None
   optional = []

@@ -153,7 +153,8 @@ def _reward(obj: dict) -> float:
 def _load_object(raw: bytes | str) -> dict:
   try:
     obj = json.loads(raw)
-  except (ValueError, UnicodeDecodeError):
+  except (ValueError, UnicodeDecodeError, RecursionError):
+    # RecursionError: nested deeper than Python's parser goes (~1000 levels).
     raise _Invalid(INVALID_JSON) from None
   if not isinstance(obj, dict):
     raise _Invalid(NOT_AN_OBJECT)
@@ -224,7 +225,7 @@ def _seldon_feedback(body: dict, ts: float) -> dict:
 
 
 def _is_cloud_event(obj: dict) -> bool:
-  return "specversion" in obj and "data" in obj
+  return obj.get("specversion") is not None and "data" in obj
 
 
 def parse_prediction(raw: bytes | str) -> dict | Rejected:
