@@ -105,36 +105,31 @@ def test_branch_names_map_children_to_arms(tmp_path):
                                                      abs=0.03)
 
 
-def test_continuous_rewards_route_by_traffic_share(tmp_path):
-  rng = np.random.default_rng(8)
+def continuous_state(tmp_path, means, samples, seed, traffic_floor=0.1):
+  """A state of experiment "exp" with normal rewards of the arms' `means`;
+  its path and the arms' traffic shares."""
+  rng = np.random.default_rng(seed)
   arms = []
-  for name, mean in (("0", 1.0), ("1", 1.02)):
-    rewards = rng.normal(mean, 1.0, 2000)
-    arms.append(ArmTotals(name, 2000, 2000, float(rewards.sum()),
-                          float((rewards**2).sum()), False))
-  path = write_states(tmp_path / "state.json", {"exp": arms},
-                      traffic_floor=0.1)
-  state = router_state.from_json(open(path).read())
-  expected = [arm["traffic_share"] for arm in state["arms"]]
-  assert min(expected) > 0.1  # both arms above the floor
-  router = BanditRouter(path, "exp", seed=9)
-  assert route_counts(router, 4000) == pytest.approx(expected, abs=0.03)
-
-
-def continuous_state(tmp_path, traffic_floor=0.1):
-  rng = np.random.default_rng(10)
-  arms = []
-  for name, mean in (("a", 1.0), ("b", 1.5)):
-    rewards = rng.normal(mean, 1.0, 500)
-    arms.append(ArmTotals(name, 500, 500, float(rewards.sum()),
+  for name, mean in means.items():
+    rewards = rng.normal(mean, 1.0, samples)
+    arms.append(ArmTotals(name, samples, samples, float(rewards.sum()),
                           float((rewards**2).sum()), False))
   path = write_states(tmp_path / "state.json", {"exp": arms}, traffic_floor)
   state = router_state.from_json(open(path).read())
   return path, [arm["traffic_share"] for arm in state["arms"]]
 
 
+def test_continuous_rewards_route_by_traffic_share(tmp_path):
+  path, expected = continuous_state(tmp_path, {"0": 1.0, "1": 1.02}, 2000,
+                                    seed=8)
+  assert min(expected) > 0.1  # both arms above the floor
+  router = BanditRouter(path, "exp", seed=9)
+  assert route_counts(router, 4000) == pytest.approx(expected, abs=0.03)
+
+
 def test_continuous_rewards_explore_a_branch_the_state_does_not_know(tmp_path):
-  path, (share_a, share_b) = continuous_state(tmp_path)
+  path, (share_a, share_b) = continuous_state(tmp_path, {"a": 1.0, "b": 1.5},
+                                              500, seed=10)
   router = BanditRouter(path, "exp", seed=11, branch_names="a:b:new")
   # The new branch gets an equal share; a and b split the rest as the state.
   assert router.traffic_share == pytest.approx(
@@ -144,7 +139,7 @@ def test_continuous_rewards_explore_a_branch_the_state_does_not_know(tmp_path):
 
 
 def test_continuous_rewards_with_no_known_branch_split_equally(tmp_path):
-  path, _ = continuous_state(tmp_path)
+  path, _ = continuous_state(tmp_path, {"a": 1.0, "b": 1.5}, 500, seed=10)
   router = BanditRouter(path, "exp", seed=12, branch_names="x:y")
   assert router.traffic_share == pytest.approx([0.5, 0.5])
   assert route_counts(router, 2000) == pytest.approx([0.5, 0.5], abs=0.04)
