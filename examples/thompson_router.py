@@ -80,11 +80,11 @@ class BanditRouter:
     # explore it; the others split the rest as the state says.
     shares = column("traffic_share", np.nan)
     new = np.isnan(shares)
-    known = shares[~new]
+    stated = shares[~new]
     shares[new] = 1 / len(shares)
-    if known.size:
+    if stated.size:
       shares[~new] = (1 - new.mean()) * (
-          known / known.sum() if known.sum() > 0 else 1 / known.size)
+          stated / stated.sum() if stated.sum() > 0 else 1 / stated.size)
     self.traffic_share = shares
 
   def route(self, features, feature_names) -> int:

@@ -108,9 +108,10 @@ class ArmStatsPerWindow(beam.PTransform):
   """Per-request contributions -> arm_stats rows per fixed event-time window.
 
   A window's rows are refreshed every `early_firing_s` while data comes,
-  accumulating. A request is decided when its attribution window closes, so a
-  window accepts contributions until its end + the attribution window + the
-  allowed lateness; later ones reach only the totals so far.
+  accumulating. A request is decided once its attribution window and the
+  allowed lateness have passed, so a window accepts contributions until its
+  end + the attribution window + the allowed lateness; later ones reach only
+  the totals so far.
   """
 
   def __init__(self, windows: WindowConfig, attribution_window_s: float,

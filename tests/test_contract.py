@@ -154,6 +154,12 @@ def test_pseudonymized_user_id_is_keyed_and_stable():
   assert contract.redact_raw(raw, None) == raw
 
 
+def test_redaction_keeps_a_record_nested_past_pythons_parser():
+  for depth in (900, 5000):  # parsed but deep; beyond the parser
+    raw = '{"user_id": "u", "x": ' + "[" * depth + "]" * depth + "}"
+    assert contract.redact_raw(raw, b"k") == raw
+
+
 def test_every_user_id_is_pseudonymized_at_any_depth_and_type():
   raw = json.dumps({"user_id": 424242, "data": {"user_id": {"id": "bob"}},
                     "items": [{"user_id": "carol"}], "note": "keep"})
@@ -319,6 +325,29 @@ def test_parquet_integers_past_two_to_the_53_are_read_as_the_contract_does():
   result = batches.parse_arrow_batch(huge_ts, contract.FEEDBACK, "f")
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.BAD_TIMESTAMP, "timestamp")]
+
+
+def test_parquet_timestamps_out_of_range_in_any_unit_are_bad_timestamps():
+  # Far past 9999 in seconds, and in microseconds it would wrap around 2^64
+  # into 2023: an unchecked unit conversion made it a valid time.
+  wraps_into_2023 = (2**64 + 1_700_000_000 * 10**6) // 10**6
+  table = pa.table({
+      "request_id": ["r0", "r1"], "experiment_id": ["e", "e"],
+      "arm": ["a", "a"],
+      "timestamp": pa.array([wraps_into_2023, 1_795_219_200],
+                            pa.timestamp("s"))})
+  result = batches.parse_arrow_batch(table, contract.PREDICTION, "f")
+  assert result.table["ts"].to_pylist() == [1_795_219_200.0]
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.BAD_TIMESTAMP, "timestamp")]
+
+
+def test_an_empty_parquet_batch_has_no_records():
+  table = pa.table({"request_id": pa.array([], pa.string()),
+                    "timestamp": pa.array([], pa.string()),
+                    "reward": pa.array([], pa.float64())})
+  result = batches.parse_arrow_batch(table, contract.FEEDBACK, "f")
+  assert result.table.num_rows == 0 and result.rejected == []
 
 
 def test_parquet_with_a_duplicated_column_is_judged_row_by_row():

@@ -158,6 +158,21 @@ def test_arrow_fixed_size_integer_list_and_integer_request_ids():
   assert [r.reason for _, r in block.rejected] == [contract.MISSING_FIELD]
 
 
+def test_json_and_parquet_agree_on_the_float32_overflow():
+  largest = float(np.finfo(np.float32).max)
+  overflow = 2.0**128 - 2.0**103  # the smallest magnitude float32 makes inf
+  below = np.nextafter(overflow, 0.0)
+  for value, accepted in ((largest * (1 + 1e-9), True), (below, True),
+                          (overflow, False)):
+    line = json.dumps(record(features=[1.0, 2.0, value]))
+    from_json = features.parse_json_line(line, SPEC)
+    table = pa.table({"request_id": ["r1"],
+                      "features": [[1.0, 2.0, value]]})
+    from_parquet = features.parse_arrow_batch(table, SPEC, "f.parquet")
+    assert (not isinstance(from_json, contract.Rejected)) is accepted
+    assert (len(from_parquet.batch) == 1) is accepted
+
+
 def test_arrow_dictionary_encoded_request_ids():
   # pandas categories arrive from Parquet as dictionaries of strings.
   table = pa.table({

@@ -190,12 +190,18 @@ def _row_json(row: dict) -> str:
 def _with_timestamp_column(table: pa.Table) -> pa.Table:
   if "timestamp" in table.column_names and pa.types.is_timestamp(
       table.schema.field("timestamp").type):
-    # Nanoseconds are truncated to the microseconds the output keeps.
-    micros = pc.cast(pc.cast(table["timestamp"], pa.timestamp("us", "UTC"),
-                             safe=False), pa.int64())
+    # The stored integers in the column's unit (UTC, or read as UTC): no
+    # unit conversion that could overflow; out-of-range values stay so.
+    column = table["timestamp"]
+    units = pc.cast(column, pa.int64())
+    per_second = _UNITS_PER_SECOND[column.type.unit]
+    seconds = pc.divide(pc.cast(units, pa.float64(), safe=False), per_second)
     return table.set_column(table.column_names.index("timestamp"), "timestamp",
-                            _epoch_seconds(micros))
+                            seconds)
   return table
+
+
+_UNITS_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 def _epoch_seconds(micros) -> pa.Array:
@@ -249,7 +255,8 @@ def _timestamps(table: pa.Table):
       micros = pc.cast(pc.cast(column, pa.timestamp("us", "UTC")), pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
       return None
-    if pc.max(pc.abs(micros)).as_py() >= _EXACT_MICROS:
+    largest = pc.max(pc.abs(micros)).as_py()
+    if largest is not None and largest >= _EXACT_MICROS:
       return None
     seconds = _epoch_seconds(micros)
   elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):

@@ -267,14 +267,15 @@ def pseudonymize(value: str, key: bytes) -> str:
 def redact_raw(raw: str, key: bytes | None) -> str:
   """The raw record as stored in the dead-letter table: every `user_id`, at
   any depth (a CloudEvent's data too) and of any type, pseudonymized when a
-  key is configured (unparseable records are kept as they are)."""
+  key is configured. Records that are not JSON, or nest deeper than Python's
+  parser goes, are kept as they are."""
   if key is None or "user_id" not in raw:
     return raw
   try:
     obj = json.loads(raw)
-  except ValueError:
+    redacted = _redact(obj, key)
+  except (ValueError, RecursionError):
     return raw
-  redacted = _redact(obj, key)
   return raw if redacted == obj else json.dumps(redacted,
                                                 separators=(",", ":"))
 

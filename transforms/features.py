@@ -32,7 +32,9 @@ DEAD_LETTER_REASONS = (contract.INVALID_JSON, contract.NOT_AN_OBJECT,
                        WRONG_FEATURE_LENGTH, NON_FINITE_FEATURE,
                        INFERENCE_FAILED)
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The smallest magnitude that rounds to infinity as float32 (max + half a unit
+# in the last place): what numpy's cast of a Parquet float64 column makes inf.
+_FLOAT32_OVERFLOW = 2**128 - 2**103
 _NUMBER_TYPES = (int, float)  # Exact types: a bool is not a feature value.
 
 
@@ -123,7 +125,7 @@ def _feature_values(record: dict, spec: FeatureSpec) -> list:
 def _fits_float32(value: float | int) -> bool:
   """Finite, also as the model's float32. Python compares an int with a float
   exactly, so an integer of any size (valid JSON) is safe here."""
-  return abs(value) <= _FLOAT32_MAX
+  return abs(value) < _FLOAT32_OVERFLOW
 
 
 def parse_record(record: Any,
@@ -285,10 +287,12 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, spec: FeatureSpec,
   checks = []
   request_ids = _arrow_request_ids(table, checks)
   matrix = np.zeros((table.num_rows, spec.width), dtype=np.float32)
-  if spec.columns:
-    _arrow_feature_columns(table, spec, checks, matrix)
-  else:
-    _arrow_feature_list(table, spec, checks, matrix)
+  # A value beyond float32 becomes inf in the matrix, then non_finite_feature.
+  with np.errstate(over="ignore"):
+    if spec.columns:
+      _arrow_feature_columns(table, spec, checks, matrix)
+    else:
+      _arrow_feature_list(table, spec, checks, matrix)
   checks.append((~np.isfinite(matrix).all(axis=1),
                  contract.Rejected(NON_FINITE_FEATURE, ",".join(
                      spec.columns or (FEATURES,)))))

@@ -70,9 +70,8 @@ def today() -> str:
 
 OUTPUT_FILE_OPTIONS = (
     Option("output_dir",
-           "Directory (local or gs://) for the same tables as files: JSON "
-           "lines (DIR/<table>*.jsonl), or Parquet where --output_format "
-           "says so.", "Output directory",
+           "Directory (local or gs://) for the same tables as files (JSON "
+           "lines by default: DIR/<table>*.jsonl).", "Output directory",
            param_type="GCS_WRITE_FOLDER"),
 )
 
