@@ -259,7 +259,7 @@ def _timestamps(table: pa.Table):
     if largest is not None and largest >= _EXACT_MICROS:
       return None
     seconds = _epoch_seconds(micros)
-  elif pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+  elif _is_number(column.type):
     # Integers past 2^53 round to the nearest double, as Python's float().
     seconds = pc.cast(column, pa.float64(), safe=False)
   else:
@@ -270,9 +270,8 @@ def _timestamps(table: pa.Table):
   return seconds if _all(in_range) else None
 
 
-def _is_number_or_null(kind: pa.DataType) -> bool:
-  return (pa.types.is_floating(kind) or pa.types.is_integer(kind) or
-          pa.types.is_null(kind))
+def _is_number(kind: pa.DataType) -> bool:
+  return pa.types.is_floating(kind) or pa.types.is_integer(kind)
 
 
 def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
@@ -291,7 +290,8 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
       return None
     if "propensity" in table.column_names:
       propensity = table["propensity"]
-      if not _is_number_or_null(propensity.type):
+      if not (_is_number(propensity.type) or pa.types.is_null(
+          propensity.type)):
         return None
       in_range = pc.and_kleene(pc.greater(propensity, 0.0),
                          pc.less_equal(propensity, 1.0))
@@ -312,8 +312,7 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
   if "reward" not in table.column_names:
     return None
   reward = table["reward"]
-  if not pa.types.is_floating(reward.type) and not pa.types.is_integer(
-      reward.type):
+  if not _is_number(reward.type):
     return None
   reward = pc.cast(reward, pa.float64(), safe=False)
   if not _all(pc.is_finite(reward)):

@@ -18,7 +18,6 @@ import zipfile
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference import base as ml_base
@@ -153,11 +152,7 @@ class ReadFeatures(beam.PTransform):
                   self._spec, self._table)).with_outputs(*outputs,
                                                          main="batches"))
     return (pbegin
-            # A pattern that matches nothing is a mistake (or lost logs),
-            # not an empty day: fail instead of writing empty tables.
-            | "Match" >> fileio.MatchFiles(
-                self._file_pattern,
-                empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+            | "Match" >> read_logs.match_files(self._file_pattern)
             | "Paths" >> beam.Map(lambda metadata: metadata.path)
             | "Distribute" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ReadFeatureFile(

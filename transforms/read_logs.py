@@ -17,6 +17,13 @@ BLOCK_BYTES = 16 << 20
 PARQUET_BATCH_ROWS = 8192
 
 
+def match_files(file_pattern: str) -> beam.PTransform:
+  """The files of a pattern. One that matches nothing is a mistake (or lost
+  logs), not an empty day: the run fails instead of writing empty tables."""
+  return fileio.MatchFiles(
+      file_pattern, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+
+
 def is_parquet(path: str) -> bool:
   return path.lower().endswith(".parquet")
 
@@ -105,11 +112,7 @@ class ReadLogs(beam.PTransform):
 
   def expand(self, pbegin):
     return (pbegin
-            # A pattern that matches nothing is a mistake (or lost logs),
-            # not an empty day: fail instead of writing empty tables.
-            | "Match" >> fileio.MatchFiles(
-                self._file_pattern,
-                empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+            | "Match" >> match_files(self._file_pattern)
             | "Split" >> beam.ParDo(_SplitFile())
             | "Distribute" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseFileRange(

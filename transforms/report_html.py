@@ -243,6 +243,8 @@ def _interval_errors(center: float, low, high) -> list:
   """matplotlib's xerr of one point: distances to the interval ends."""
   if not (_defined(low) and _defined(high)):
     return [[0.0], [0.0]]
+  # Floored at 0: stored tables may hold intervals a rounding off their mean
+  # (written before stats.wilson_interval was clamped); matplotlib refuses them.
   return [[max(center - low, 0.0)], [max(high - center, 0.0)]]
 
 
