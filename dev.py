@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 EXTRAS = {"demo": "local", "streaming-demo": "local",
-          "test": "local,test,airflow"}
+          "test": "local,test,airflow,mlflow"}
 DEMOS = {"demo": "pipelines.demo", "streaming-demo": "pipelines.streaming_demo"}
 
 

@@ -8,8 +8,10 @@ setuptools.setup(
     version="0.1.0",
     description=" ".join(__doc__.split()),
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*",
-                                               "transforms", "transforms.*"]),
+    packages=setuptools.find_packages(include=[
+        "pipelines", "pipelines.*", "transforms", "transforms.*",
+        "emulators", "emulators.*", "simulation", "simulation.*",
+        "reporting", "reporting.*"]),
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "tensorflow-cpu==2.21.0",
@@ -21,10 +23,14 @@ setuptools.setup(
         "scipy",
         "pyarrow",
         "matplotlib",
+        "pyyaml",
+        # Mergeable quantile sketches (KLL) for quantile metrics.
+        "datasketches",
     ],
     extras_require={
         "local": ["bqemulator==1.4.0"],
-        "test": ["pytest", "duckdb"],
+        "test": ["pytest", "duckdb", "statsmodels", "scikit-learn"],
+        "mlflow": ["mlflow-skinny"],
         "airflow": [
             "apache-airflow==3.3.2",
             "apache-airflow-providers-google",

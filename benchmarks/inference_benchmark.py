@@ -45,11 +45,11 @@ import pyarrow.parquet as pq
 from benchmarks import common
 from pipelines import batch_inference
 from pipelines import train_demo_models
-from transforms import arrow_tables
-from transforms import click_data
-from transforms import inference
-from transforms import json_lines
-from transforms import predictions
+from transforms.io import arrow_tables
+from simulation import click_data
+from transforms.scoring import inference
+from transforms.io import json_lines
+from transforms.scoring import predictions
 
 SMALL_ROWS = 20_000
 # The function of each stage in the pipeline, for the profile.

@@ -23,7 +23,7 @@ import duckdb
 
 from benchmarks import common
 from pipelines import reward_batch
-from transforms import simulate
+from simulation import simulate
 
 WINDOW_S = 86_400.0
 

@@ -27,13 +27,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
-from transforms import features
-from transforms import inference
+from transforms.scoring import features
+from transforms.scoring import inference
 from transforms import options as opts
-from transforms import predictions
-from transforms import quality
-from transforms import schemas
-from transforms import sinks
+from transforms.scoring import predictions
+from transforms.logs import quality
+from transforms.io import schemas
+from transforms.io import sinks
 
 TABLE_REGEX = r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$"
 COLUMNS_REGEX = r"^[A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*$"

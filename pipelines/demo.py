@@ -19,10 +19,10 @@ from pipelines import batch_inference
 from pipelines import report
 from pipelines import reward_batch
 from pipelines import train_demo_models
-from transforms import bigquery
-from transforms import bq_emulator
-from transforms import quality
-from transforms import simulate
+from transforms.io import bigquery
+from emulators import bq_emulator
+from transforms.logs import quality
+from simulation import simulate
 
 DATASET = "online_eval"
 # Each batch pipeline replaces its day partition of the tables it writes, so

@@ -22,8 +22,8 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import options as opts
-from transforms import report_html
-from transforms import schemas
+from reporting import report_html
+from transforms.io import schemas
 
 TABLES = (schemas.ARM_STATS, schemas.ROUTER_STATE)
 
@@ -47,7 +47,7 @@ def read_file_table(directory: str, table: schemas.Table) -> list[dict]:
 def read_bigquery_table(dataset: str, table: str,
                         emulator_host: str | None = None) -> list[dict]:
   """Every row of PROJECT:DATASET.<table>."""
-  from transforms import bigquery  # Only BigQuery input needs the client.
+  from transforms.io import bigquery  # Only BigQuery input needs the client.
   project, _, dataset_id = dataset.partition(":")
   client = bigquery.bigquery_client(project, emulator_host)
   return bigquery.read_rows(client, project, dataset_id, table)

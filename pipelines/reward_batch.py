@@ -17,16 +17,16 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import arm_table
-from transforms import contract
-from transforms import experiments
+from transforms.decisions import arm_table
+from transforms.logs import contract
+from transforms.decisions import experiments
 from transforms import options as opts
-from transforms import quality
-from transforms import rewards
-from transforms import schemas
-from transforms import sinks
-from transforms.attribution import AttributeRewards
-from transforms.read_logs import ReadLogs
+from transforms.logs import quality
+from transforms.attribution import rewards
+from transforms.io import schemas
+from transforms.io import sinks
+from transforms.attribution.attribution import AttributeRewards
+from transforms.logs.read_logs import ReadLogs
 
 
 class RewardBatchOptions(PipelineOptions):

@@ -28,16 +28,16 @@ from apache_beam.transforms import trigger
 from apache_beam.transforms import window
 
 from pipelines import reward_batch
-from transforms import arm_table
-from transforms import experiments
-from transforms import messages
+from transforms.decisions import arm_table
+from transforms.decisions import experiments
+from transforms.logs import messages
 from transforms import options as opts
-from transforms import quality
-from transforms import rewards
-from transforms import schemas
-from transforms import sinks
-from transforms.messages import ParseMessages
-from transforms.streaming_attribution import AttributeRequests
+from transforms.logs import quality
+from transforms.attribution import rewards
+from transforms.io import schemas
+from transforms.io import sinks
+from transforms.logs.messages import ParseMessages
+from transforms.attribution.streaming_attribution import AttributeRequests
 
 
 class RewardStreamingOptions(PipelineOptions):

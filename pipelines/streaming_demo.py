@@ -25,13 +25,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from google.cloud import pubsub_v1
 
 from pipelines import reward_streaming
-from transforms import bigquery
-from transforms import bq_emulator
-from transforms import messages
-from transforms import pubsub_emulator
-from transforms import quality
-from transforms import realtime_publisher
-from transforms import simulate
+from transforms.io import bigquery
+from emulators import bq_emulator
+from transforms.logs import messages
+from emulators import pubsub_emulator
+from transforms.logs import quality
+from simulation import realtime_publisher
+from simulation import simulate
 
 PROJECT = "local-project"
 EXPERIMENT = "homepage-ranker"

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms import click_data
+from simulation import click_data
 
 MALFORMED_JSON_LINES = (
     '{"request_id": "bad-json", "features": [0.1, ',

@@ -2,7 +2,7 @@
 
 import pytest
 
-from transforms.bq_emulator import start_emulator
+from emulators.bq_emulator import start_emulator
 
 EMULATOR_PROJECT = "local-project"
 

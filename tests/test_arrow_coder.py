@@ -5,7 +5,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import pyarrow as pa
 
 from pipelines import reward_batch
-from transforms import arrow_coder
+from transforms.io import arrow_coder
 
 
 def test_round_trip_keeps_values_types_and_dictionaries():

@@ -20,13 +20,13 @@ import pytest
 
 from pipelines import batch_inference
 from pipelines import train_demo_models
-from transforms import bigquery
-from transforms import click_data
-from transforms import contract
-from transforms import features
-from transforms import inference
-from transforms import json_lines
-from transforms import predictions
+from transforms.io import bigquery
+from simulation import click_data
+from transforms.logs import contract
+from transforms.scoring import features
+from transforms.scoring import inference
+from transforms.io import json_lines
+from transforms.scoring import predictions
 
 WIDTH = 4
 ROWS = 30

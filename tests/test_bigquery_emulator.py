@@ -14,8 +14,8 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing import util
 import pytest
 
-from transforms import bigquery
-from transforms import schemas
+from transforms.io import bigquery
+from transforms.io import schemas
 
 UTC = datetime.timezone.utc
 DAY = datetime.date(2024, 1, 1)

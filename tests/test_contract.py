@@ -7,10 +7,10 @@ import pathlib
 import pyarrow as pa
 import pytest
 
-from transforms import batches
-from transforms import contract
-from transforms import features
-from transforms import sinks
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.scoring import features
+from transforms.io import sinks
 
 TS = "2026-11-21T10:00:00Z"
 EPOCH = datetime.datetime(2026, 11, 21, 10, tzinfo=datetime.timezone.utc
@@ -422,8 +422,8 @@ def test_parquet_timestamps_without_zone_are_utc_whatever_the_neighbours():
 
 
 def test_every_dead_letter_reason_is_documented():
-  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md"
-            ).read_text()
+  docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
+  readme = "".join(path.read_text() for path in docs.glob("*.md"))
   reasons = {*contract.DEAD_LETTER_REASONS, *features.DEAD_LETTER_REASONS,
              sinks.INSERT_FAILED}
   assert {reason for reason in reasons if f"`{reason}`" not in readme} == set()

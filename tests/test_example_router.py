@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from examples.thompson_router import BanditRouter
-from transforms import router_state, stats
-from transforms.stats import ArmTotals
+from transforms.decisions import router_state, stats
+from transforms.decisions.stats import ArmTotals
 
 FEATURES = np.zeros((1, 3))
 

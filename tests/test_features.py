@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms import click_data
-from transforms import contract
-from transforms import features
-from transforms import predictions
+from simulation import click_data
+from transforms.logs import contract
+from transforms.scoring import features
+from transforms.scoring import predictions
 
 SPEC = features.FeatureSpec(3)
 COLUMNS_SPEC = features.FeatureSpec(3, ("a", "b", "c"))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from transforms import local_service
+from emulators import local_service
 
 
 def _start(command, port):

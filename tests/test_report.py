@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from pipelines import report
-from transforms import arm_table
-from transforms import bigquery
-from transforms import report_html
-from transforms import rewards
-from transforms import schemas
-from transforms import stats
+from transforms.decisions import arm_table
+from transforms.io import bigquery
+from reporting import report_html
+from transforms.attribution import rewards
+from transforms.io import schemas
+from transforms.decisions import stats
 
 T0 = 1_795_219_200.0  # 2026-11-21T00:00:00Z
 HOUR = 3600.0

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import reward_batch
-from transforms import arm_table
-from transforms import bigquery
-from transforms import contract
-from transforms import quality
-from transforms import rewards
-from transforms import simulate
+from transforms.decisions import arm_table
+from transforms.io import bigquery
+from transforms.logs import contract
+from transforms.logs import quality
+from transforms.attribution import rewards
+from simulation import simulate
 
 T0 = 1_795_219_200.0  # 2026-11-21T00:00:00Z
 HOUR = 3600.0
@@ -220,7 +220,7 @@ def test_parquet_input_matches_jsonl(tmp_path, name):
 
 
 def test_large_file_is_read_in_ranges_without_losing_lines(tmp_path, monkeypatch):
-  from transforms import read_logs
+  from transforms.logs import read_logs
   monkeypatch.setattr(read_logs, "SPLIT_BYTES", 1000)
   monkeypatch.setattr(read_logs, "BLOCK_BYTES", 300)
   predictions, feedback, _ = simulate.generate(simulate.Scenario(

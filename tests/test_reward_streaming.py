@@ -18,15 +18,15 @@ import pytest
 
 from pipelines import reward_batch
 from pipelines import reward_streaming
-from transforms import arm_table
-from transforms import batches
-from transforms import bigquery
-from transforms import quality
-from transforms import realtime_publisher
-from transforms import rewards
-from transforms import schemas
-from transforms import simulate
-from transforms import sinks
+from transforms.decisions import arm_table
+from transforms.logs import batches
+from transforms.io import bigquery
+from transforms.logs import quality
+from simulation import realtime_publisher
+from transforms.attribution import rewards
+from transforms.io import schemas
+from simulation import simulate
+from transforms.io import sinks
 
 T0 = 1_795_219_200.0  # 2026-11-21T00:00:00Z, a multiple of every window here
 SUBSCRIPTIONS = {

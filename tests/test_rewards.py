@@ -3,9 +3,9 @@
 import pyarrow as pa
 import pytest
 
-from transforms import batches
-from transforms import contract
-from transforms import rewards
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.attribution import rewards
 
 HOUR = 3600.0
 

@@ -1,11 +1,11 @@
-"""Tests of transforms.router_state."""
+"""Tests of transforms.decisions.router_state."""
 
 import json
 
 import pytest
 
-from transforms import router_state, stats
-from transforms.stats import ArmTotals
+from transforms.decisions import router_state, stats
+from transforms.decisions.stats import ArmTotals
 
 
 def binary_arm(name, successes, samples):

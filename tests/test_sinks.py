@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms import json_lines
+from transforms.io import json_lines
 from transforms import options
-from transforms import schemas
-from transforms import sinks
+from transforms.io import schemas
+from transforms.io import sinks
 
 MIXED = pa.table({
     "request_id": ["a", 'quote"d', None, "naïve\\n"],

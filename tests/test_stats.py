@@ -1,4 +1,4 @@
-"""Known-answer, edge-case and simulation tests of transforms.stats."""
+"""Known-answer, edge-case and simulation tests of transforms.decisions.stats."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from transforms import stats
-from transforms.stats import ArmTotals
+from transforms.decisions import stats
+from transforms.decisions.stats import ArmTotals
 
 
 def binary_arm(name, successes, samples, impressions=None):

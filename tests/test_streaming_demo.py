@@ -5,9 +5,9 @@ import os
 import pytest
 
 from pipelines import streaming_demo
-from transforms import bigquery
-from transforms import pubsub_emulator
-from transforms import quality
+from transforms.io import bigquery
+from emulators import pubsub_emulator
+from transforms.logs import quality
 
 pytestmark = pytest.mark.pubsub
 

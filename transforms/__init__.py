@@ -1,0 +1,27 @@
+"""The parts every pipeline is built from, in sub-packages by concern.
+
+logs/         read serving logs: one record's contract, Arrow blocks, messages
+attribution/  join feedback to predictions, per-arm reward accumulators
+decisions/    statistics, router state and per-experiment tables
+scoring/      model inputs, the shared Keras model handler, prediction rows
+io/           output schemas, sinks (BigQuery, files), coders
+
+Each sub-package mixes two tiers: a pure core (no Beam import: one record's
+parsing, statistics, schemas), and the Beam composites built on it. Imports
+run one way: pipelines -> Beam composites -> pure core. `PURE_CORE` names
+the core; tests/test_architecture.py holds both rules.
+"""
+
+PURE_CORE = (
+    "transforms.logs.contract",
+    "transforms.logs.batches",
+    "transforms.attribution.rewards",
+    "transforms.decisions.stats",
+    "transforms.decisions.router_state",
+    "transforms.decisions.arm_table",
+    "transforms.scoring.features",
+    "transforms.scoring.predictions",
+    "transforms.io.schemas",
+    "transforms.io.json_lines",
+    "transforms.io.arrow_tables",
+)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from transforms import router_state as router
-from transforms import schemas
-from transforms import stats
-from transforms.rewards import ArmAccumulator
+from transforms.decisions import router_state as router
+from transforms.io import schemas
+from transforms.decisions import stats
+from transforms.attribution.rewards import ArmAccumulator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,11 +10,11 @@ from apache_beam import typehints
 import numpy as np
 import pyarrow as pa
 
-from transforms import arrow_coder  # noqa: F401 (registers the coder)
-from transforms import batches
-from transforms import contract
-from transforms import quality
-from transforms import rewards
+from transforms.io import arrow_coder  # noqa: F401 (registers the coder)
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.logs import quality
+from transforms.attribution import rewards
 
 
 # (shard, (record_type, table)): declared, so the shuffle encodes the tables

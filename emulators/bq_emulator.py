@@ -8,12 +8,12 @@ the server: only GEOGRAPHY, which no table of ours uses, needs it.
 
 Run one in the foreground:
 
-  python -m transforms.bq_emulator --project local-project --port 9050
+  python -m emulators.bq_emulator --project local-project --port 9050
 
 or from Python / tests:
 
   with start_emulator("local-project") as emulator:
-    client = transforms.bigquery.bigquery_client(emulator.project,
+    client = transforms.io.bigquery.bigquery_client(emulator.project,
                                                  emulator.host)
 """
 
@@ -25,7 +25,7 @@ import pathlib
 import sys
 import threading
 
-from transforms import local_service
+from emulators import local_service
 
 DEFAULT_PROJECT = "local-project"
 DEFAULT_PORT = 9050
@@ -89,7 +89,7 @@ def start_emulator(project: str = DEFAULT_PROJECT,
     timeout: seconds to wait for the emulator to be ready.
   """
   port = port or local_service.free_port()
-  command = [sys.executable, "-m", "transforms.bq_emulator",
+  command = [sys.executable, "-m", "emulators.bq_emulator",
              "--project", project, "--port", str(port)]
   if data_dir:
     command += ["--data-dir", str(data_dir)]

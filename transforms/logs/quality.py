@@ -6,7 +6,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from transforms import contract
+from transforms.logs import contract
 
 DEAD_LETTER = "dead_letter"
 COUNTS = "counts"

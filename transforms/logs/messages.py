@@ -6,8 +6,8 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from transforms import contract
-from transforms import quality
+from transforms.logs import contract
+from transforms.logs import quality
 
 # The two streams of serving logs, by the name their inputs go by.
 SOURCES = {"predictions": contract.PREDICTION, "feedback": contract.FEEDBACK}

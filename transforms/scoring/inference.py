@@ -24,12 +24,12 @@ from apache_beam.ml.inference import base as ml_base
 import numpy as np
 import pyarrow.parquet as pq
 
-from transforms import contract
-from transforms import features
-from transforms import predictions
-from transforms import quality
-from transforms import read_logs
-from transforms import schemas
+from transforms.logs import contract
+from transforms.scoring import features
+from transforms.scoring import predictions
+from transforms.logs import quality
+from transforms.logs import read_logs
+from transforms.io import schemas
 
 METRICS_NAMESPACE = "batch_inference"
 MODEL_LOADS = "model_loads"

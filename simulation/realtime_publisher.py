@@ -1,6 +1,6 @@
 """Publish serving logs to Pub/Sub in real time: each record when its event time comes.
 
-`timeline` puts the log lines of a router (e.g. from `transforms.simulate`) in
+`timeline` puts the log lines of a router (e.g. from `simulation.simulate`) in
 event-time order; `publish` sends each one at that moment with its event time
 in the `ts` attribute (epoch milliseconds), which the pipeline's Pub/Sub
 source reads as the message timestamp (`--timestamp_attribute ts`).
@@ -13,8 +13,8 @@ import threading
 import time
 from typing import Mapping, NamedTuple
 
-from transforms import contract
-from transforms import messages
+from transforms.logs import contract
+from transforms.logs import messages
 
 TIMESTAMP_ATTRIBUTE = "ts"
 

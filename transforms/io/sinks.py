@@ -12,11 +12,11 @@ import apache_beam as beam
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.transforms import window
 
-from transforms import arrow_tables
-from transforms import contract
-from transforms import json_lines
+from transforms.io import arrow_tables
+from transforms.logs import contract
+from transforms.io import json_lines
 from transforms import options as opts
-from transforms import schemas
+from transforms.io import schemas
 
 INSERT_FAILED = "bigquery_insert_failed"
 JSONL = "jsonl"
@@ -191,7 +191,7 @@ class WriteTable(beam.PTransform):
     common = dict(schema=table.beam_schema(),
                   additional_bq_parameters=table.additional_bq_parameters())
     if config.emulator_host:
-      from transforms import bigquery  # Only local runs need the emulator client.
+      from transforms.io import bigquery  # Only local runs need the emulator client.
       return beam.io.WriteToBigQuery(
           table_ref, method="STREAMING_INSERTS",
           create_disposition="CREATE_NEVER", write_disposition="WRITE_APPEND",
@@ -281,7 +281,7 @@ def prepare_emulator_tables(config: OutputConfig, tables,
   for a batch run, empty the run's day partition so a re-run replaces it."""
   if not (config.emulator_host and config.dataset):
     return
-  from transforms import bigquery
+  from transforms.io import bigquery
   client = bigquery.bigquery_client(config.project, config.emulator_host)
   bigquery.ensure_tables(client, config.project, config.dataset, tables)
   if replace_partition:

@@ -1,7 +1,7 @@
 """BigQuery I/O helpers: clients, table set-up, partition clean-up, read-back.
 
 Work the same against real BigQuery and the local emulator
-(`transforms.bq_emulator`); no Beam.
+(`emulators.bq_emulator`); no Beam.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from google.api_core import client_options
 from google.auth import credentials as auth_credentials
 from google.cloud import bigquery
 
-from transforms import schemas
+from transforms.io import schemas
 
 
 def bigquery_client(project: str,

@@ -2,7 +2,7 @@
 
 Pure Python, no Beam. Each parser takes the raw bytes of one record and returns
 either a normalized dict or a `Rejected` with a machine-readable reason. The
-batched readers in `transforms.readers` only accelerate the common case; this
+batched readers in `transforms.logs.batches` only accelerate the common case; this
 module stays the authority on what is valid and why a record is not.
 
 Accepted formats, detected per record:

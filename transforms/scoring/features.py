@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import contract
+from transforms.logs import contract
 
 FEATURES = "features"  # record_type of the dead letters and counts.
 REQUEST_ID = "request_id"

@@ -8,9 +8,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 import pyarrow.parquet as pq
 
-from transforms import batches
-from transforms import contract
-from transforms import quality
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.logs import quality
 
 SPLIT_BYTES = 64 << 20
 BLOCK_BYTES = 16 << 20

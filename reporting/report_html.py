@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 import numpy as np
 import scipy.stats
 
-from transforms import stats
+from transforms.decisions import stats
 
 # Arm names are data: "$" in one must not switch matplotlib to math mode.
 _CHART_STYLE = {"text.parse_math": False, "font.size": 9}

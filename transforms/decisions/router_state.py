@@ -11,7 +11,7 @@ import json
 import math
 from typing import Mapping, Sequence
 
-from transforms.stats import ArmTotals
+from transforms.decisions.stats import ArmTotals
 
 
 def traffic_shares(prob_best: Sequence[float | None],
@@ -56,7 +56,7 @@ def router_state(experiment_id: str, arms: Sequence[ArmTotals],
     experiment_id: the experiment.
     arms: the totals of every arm of the experiment.
     stats: arm name -> statistics, as returned by
-      `transforms.stats.experiment_statistics(arms)`.
+      `transforms.decisions.stats.experiment_statistics(arms)`.
     traffic_floor: the smallest traffic share of any arm.
   """
   records = []

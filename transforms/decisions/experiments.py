@@ -5,8 +5,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import arm_table
-from transforms import rewards
+from transforms.decisions import arm_table
+from transforms.attribution import rewards
 
 ROUTER_STATE = "router_state"
 

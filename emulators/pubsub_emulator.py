@@ -22,7 +22,7 @@ import shutil
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
-from transforms import local_service
+from emulators import local_service
 
 
 class Emulator(local_service.LocalService):

@@ -32,10 +32,10 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
 
-from transforms import contract
-from transforms import messages
-from transforms import quality
-from transforms import rewards
+from transforms.logs import contract
+from transforms.logs import messages
+from transforms.logs import quality
+from transforms.attribution import rewards
 
 METRICS_NAMESPACE = "streaming_attribution"
 REQUESTS_OPENED = "requests_opened"

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from transforms import json_lines
+from transforms.io import json_lines
 
 SCORE = "score"
 ENSEMBLE = "ensemble"

@@ -3,7 +3,7 @@
 Pure (pyarrow and numpy, no Beam). The fast path lets pyarrow parse a whole
 block of JSON lines and validates it with vectorized checks; a block where any
 record is not clean (malformed, mistyped, another format such as Seldon) falls
-back to the per-record parsers of `transforms.contract`, which decide every
+back to the per-record parsers of `transforms.logs.contract`, which decide every
 dead-letter reason. Both paths produce the same normalized columns.
 """
 
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from transforms import contract
+from transforms.logs import contract
 
 # Experiments and arms are few: as dictionaries they cost 4 bytes a row
 # instead of their text, in every table that crosses the shuffle.

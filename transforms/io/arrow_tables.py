@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import json_lines
-from transforms import schemas
+from transforms.io import json_lines
+from transforms.io import schemas
 
 _TYPES = {
     "STRING": pa.string(),

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms import contract
+from transforms.logs import contract
 
 REDUCERS = ("max", "sum", "first", "last")
 MISSING_REWARD_MODES = ("zero", "ignore")

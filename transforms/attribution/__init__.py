@@ -1,0 +1,1 @@
+"""Feedback joined to its prediction, batch-wise and streaming, into per-arm accumulators."""

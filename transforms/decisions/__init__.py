@@ -1,0 +1,1 @@
+"""From per-arm totals to decisions: statistics, router state, per-experiment tables."""

@@ -1,0 +1,1 @@
+"""Tables out: schemas defined once, BigQuery and file sinks, the Arrow shuffle coder."""

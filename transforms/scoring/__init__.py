@@ -1,0 +1,1 @@
+"""Batch inference: model inputs, the shared Keras model handler, prediction rows."""
