@@ -35,7 +35,7 @@ def test_the_attribution_shuffle_encodes_tables_with_it(tmp_path):
       f"--output_dir={tmp_path}/out"]))
   components = pipeline.to_runner_api().components
   [group] = [t for t in components.transforms.values()
-             if t.unique_name.endswith("AttributeRewards/GroupShards")]
+             if t.unique_name.endswith("AttributeRewards/JoinRequests/GroupShards")]
   [input_id] = group.inputs.values()
 
   def coder_names(coder_id):

@@ -1,4 +1,9 @@
-"""Join feedback to predictions shard-wise and combine the rewards of each arm."""
+"""Join feedback to predictions shard-wise; combine the rewards of each arm.
+
+`JoinRequests` yields the joined requests themselves (Arrow tables, one row
+per request with its reward and the prediction's columns) for pipelines that
+work per request; `AttributeRewards` combines them per arm.
+"""
 
 from __future__ import annotations
 
@@ -42,21 +47,25 @@ class _ShardByRequest(beam.DoFn):
                        table.take(order[bounds[s]:bounds[s + 1]]))
 
 
-class _AttributeShard(beam.DoFn):
-  """All records of one shard -> per-arm partials, orphan dead letters, counts."""
+class _JoinShard(beam.DoFn):
+  """All records of one shard -> joined requests, orphan dead letters, counts."""
 
-  def __init__(self, config: rewards.AttributionConfig):
+  def __init__(self, config: rewards.AttributionConfig, extras: tuple):
     self._config = config
+    self._extras = extras
 
   def process(self, element):
     _, parts = element
     tables = {contract.PREDICTION: [], contract.FEEDBACK: []}
     for record_type, table in parts:
       tables[record_type].append(table)
-    result = rewards.attribute(
-        _concat(tables[contract.PREDICTION], contract.PREDICTION),
-        _concat(tables[contract.FEEDBACK], contract.FEEDBACK), self._config)
-    yield from result.partials
+    result = rewards.join_requests(
+        _concat(tables[contract.PREDICTION], contract.PREDICTION,
+                self._extras),
+        _concat(tables[contract.FEEDBACK], contract.FEEDBACK, ()),
+        self._config)
+    if result.requests.num_rows:
+      yield result.requests
     for key, count in result.counts.items():
       yield pvalue.TaggedOutput(quality.COUNTS, (key, count))
     for raw, source_file, rejected in result.orphans:
@@ -67,10 +76,46 @@ class _AttributeShard(beam.DoFn):
           (contract.FEEDBACK, quality.dead_letter_metric(rejected.reason)), 1))
 
 
-def _concat(tables: list, record_type: str) -> pa.Table:
+def _concat(tables: list, record_type: str, extras: tuple) -> pa.Table:
   if not tables:
-    return batches.SCHEMAS[record_type].empty_table()
+    return batches.schema(record_type, extras).empty_table()
   return pa.concat_tables(tables)
+
+
+class JoinRequests(beam.PTransform):
+  """{"predictions", "feedback"} Arrow tables -> joined request tables.
+
+  One row per request: the served prediction's columns (with the `extras`
+  the prediction tables carry) and `reward` (null: no counted feedback).
+  Without "predictions", feedback carries its own experiment and arm.
+  Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
+  """
+
+  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
+               extras=()):
+    super().__init__()
+    self._config = config
+    self._num_shards = num_shards
+    self._extras = tuple(extras)
+
+  def expand(self, tables):
+    predictions, feedback = tables.get("predictions"), tables["feedback"]
+    sharded = [feedback | "ShardFeedback" >> beam.ParDo(
+        _ShardByRequest(contract.FEEDBACK, self._num_shards)
+    ).with_output_types(_SHARD_TYPE)]
+    if predictions is not None:
+      sharded.append(predictions | "ShardPredictions" >> beam.ParDo(
+          _ShardByRequest(contract.PREDICTION, self._num_shards)
+      ).with_output_types(_SHARD_TYPE))
+    joined = (sharded
+              | "FlattenShards" >> beam.Flatten()
+              | "GroupShards" >> beam.GroupByKey()
+              | "Join" >> beam.ParDo(_JoinShard(
+                  self._config, self._extras)).with_outputs(
+                      quality.DEAD_LETTER, quality.COUNTS, main="requests"))
+    return {"requests": joined.requests,
+            quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
+            quality.COUNTS: joined[quality.COUNTS]}
 
 
 class ArmCombineFn(beam.CombineFn):
@@ -102,23 +147,12 @@ class AttributeRewards(beam.PTransform):
     self._num_shards = num_shards
 
   def expand(self, tables):
-    predictions, feedback = tables.get("predictions"), tables["feedback"]
-    sharded = [feedback | "ShardFeedback" >> beam.ParDo(
-        _ShardByRequest(contract.FEEDBACK, self._num_shards)
-    ).with_output_types(_SHARD_TYPE)]
-    if predictions is not None:
-      sharded.append(predictions | "ShardPredictions" >> beam.ParDo(
-          _ShardByRequest(contract.PREDICTION, self._num_shards)
-      ).with_output_types(_SHARD_TYPE))
-    attributed = (sharded
-                  | "FlattenShards" >> beam.Flatten()
-                  | "GroupShards" >> beam.GroupByKey()
-                  | "Attribute" >> beam.ParDo(_AttributeShard(
-                      self._config)).with_outputs(quality.DEAD_LETTER,
-                                                  quality.COUNTS,
-                                                  main="partials"))
-    totals = attributed.partials | "CombinePerArm" >> beam.CombinePerKey(
-        ArmCombineFn())
+    joined = tables | "JoinRequests" >> JoinRequests(self._config,
+                                                     self._num_shards)
+    totals = (joined["requests"]
+              | "PerArm" >> beam.FlatMap(rewards.per_arm,
+                                         self._config.missing_reward)
+              | "CombinePerArm" >> beam.CombinePerKey(ArmCombineFn()))
     return {"arm_totals": totals,
-            quality.DEAD_LETTER: attributed[quality.DEAD_LETTER],
-            quality.COUNTS: attributed[quality.COUNTS]}
+            quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
+            quality.COUNTS: joined[quality.COUNTS]}

@@ -155,9 +155,19 @@ def _encode_request_ids(predictions: pa.Table, feedback: pa.Table):
           len(encoded.dictionary))
 
 
-def attribute(predictions: pa.Table, feedback: pa.Table,
-              config: AttributionConfig) -> Attribution:
-  """Join feedback to predictions by request_id and aggregate per arm."""
+class Joined(NamedTuple):
+  """The requests of one shard, each with its reward."""
+  # One row per attributed request: the served prediction's columns (or, with
+  # no predictions, the first counted feedback's), and `reward`: the reduced
+  # counted reward, null when no feedback counted.
+  requests: pa.Table
+  counts: dict  # {(record_type, metric): int}
+  orphans: list  # [(raw, source_file, contract.Rejected)]
+
+
+def join_requests(predictions: pa.Table, feedback: pa.Table,
+                  config: AttributionConfig) -> Joined:
+  """Join feedback to predictions by request_id: one row per request."""
   counts = collections.Counter()
   predictions = predictions.take(
       np.argsort(_numpy(predictions["ts"]), kind="stable"))
@@ -213,18 +223,33 @@ def attribute(predictions: pa.Table, feedback: pa.Table,
     reward_of_code = np.full(n_keys, np.nan)
     reward_of_code[group_codes] = group_rewards
     served = np.flatnonzero(is_first & ~shadow)
+    requests = predictions.take(served)
     rewards = reward_of_code[p_codes[served]]
-    partials = _per_arm(predictions["experiment_id"].take(served),
-                        predictions["arm"].take(served), ~np.isnan(rewards),
-                        rewards, p_ts[served], config.missing_reward)
   else:
-    # Without predictions every deduplicated feedback is its own impression.
-    first = rows[group_rows]
-    partials = _per_arm(feedback["experiment_id"].take(first),
-                        feedback["arm"].take(first),
-                        np.ones(len(first), dtype=bool), group_rewards,
-                        f_ts[first], config.missing_reward)
-  return Attribution(partials, dict(counts), orphans)
+    # Without predictions every deduplicated feedback is its own request.
+    requests = feedback.select(["request_id", "ts", "experiment_id",
+                                "arm"]).take(rows[group_rows])
+    rewards = group_rewards
+  requests = requests.append_column(
+      "reward", pa.array(rewards, pa.float64(), mask=np.isnan(rewards)))
+  return Joined(requests, dict(counts), orphans)
+
+
+def per_arm(requests: pa.Table, missing_reward: str) -> list:
+  """Joined requests -> [((experiment_id, arm), ArmAccumulator)]."""
+  reward = requests["reward"]
+  rewarded = _numpy(pc.is_valid(reward)).astype(bool)
+  return _per_arm(requests["experiment_id"], requests["arm"], rewarded,
+                  _numpy(pc.fill_null(reward, 0.0)).astype(np.float64),
+                  _numpy(requests["ts"]), missing_reward)
+
+
+def attribute(predictions: pa.Table, feedback: pa.Table,
+              config: AttributionConfig) -> Attribution:
+  """Join feedback to predictions by request_id and aggregate per arm."""
+  joined = join_requests(predictions, feedback, config)
+  return Attribution(per_arm(joined.requests, config.missing_reward),
+                     joined.counts, joined.orphans)
 
 
 # One request at a time (the streaming attribution): the same semantics as

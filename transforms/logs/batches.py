@@ -45,6 +45,24 @@ FEEDBACK_SCHEMA = pa.schema([
 SCHEMAS = {contract.PREDICTION: PREDICTION_SCHEMA,
            contract.FEEDBACK: FEEDBACK_SCHEMA}
 
+# Arrow types of the optional fields a pipeline may carry
+# (`contract.EXTRAS`), appended after the normalized columns.
+EXTRA_TYPES = {
+    "propensity": pa.float64(),
+    "policy": pa.string(),
+    "features": pa.list_(pa.float64()),
+    "user_id": pa.string(),
+    "attributes": pa.map_(pa.string(), pa.string()),
+}
+
+
+def schema(record_type: str, extras=()) -> pa.Schema:
+  """The columns of a record type's tables, with the asked-for extras."""
+  base = SCHEMAS[record_type]
+  for name in extras:
+    base = base.append(pa.field(name, EXTRA_TYPES[name]))
+  return base
+
 # What pyarrow reads of our contract; other fields are ignored on the fast path.
 _JSON_FIELDS = {
     contract.PREDICTION: [("request_id", pa.string()),
@@ -89,33 +107,36 @@ def split_lines(block: bytes) -> list[bytes]:
   return [line for line in block.split(b"\n") if line.strip()]
 
 
-def parse_json_block(block: bytes, record_type: str,
-                     source_file: str) -> BlockResult:
-  """Parse and validate a block of whole JSON lines of one record type."""
-  result = _fast_block(block, record_type, source_file)
+def parse_json_block(block: bytes, record_type: str, source_file: str,
+                     extras=()) -> BlockResult:
+  """Parse and validate a block of whole JSON lines of one record type,
+  with the optional fields `extras` (see `contract.EXTRAS`)."""
+  result = _fast_block(block, record_type, source_file, extras)
   if result is not None:
     return result
-  return parse_json_lines(split_lines(block), record_type, source_file)
+  return parse_json_lines(split_lines(block), record_type, source_file,
+                          extras)
 
 
-def parse_json_lines(lines: list[bytes], record_type: str,
-                     source_file: str) -> BlockResult:
+def parse_json_lines(lines: list[bytes], record_type: str, source_file: str,
+                     extras=()) -> BlockResult:
   """Parse and validate non-blank JSON lines of one record type."""
-  result = _fast_block(b"\n".join(lines), record_type, source_file)
+  result = _fast_block(b"\n".join(lines), record_type, source_file, extras)
   if result is not None:
     return result
   if len(lines) <= MIN_FAST_LINES:
-    return _slow(lines, record_type, source_file)
+    return _slow(lines, record_type, source_file, extras)
   step = -(-len(lines) // FAST_SPLIT)
-  parts = [parse_json_lines(lines[i:i + step], record_type, source_file)
+  parts = [parse_json_lines(lines[i:i + step], record_type, source_file,
+                            extras)
            for i in range(0, len(lines), step)]
   return BlockResult(pa.concat_tables([part.table for part in parts]),
                      [r for part in parts for r in part.rejected],
                      sum(part.fast_rows for part in parts))
 
 
-def _fast_block(data: bytes, record_type: str,
-                source_file: str) -> BlockResult | None:
+def _fast_block(data: bytes, record_type: str, source_file: str,
+                extras) -> BlockResult | None:
   """The block parsed by pyarrow as a whole, or None where only the contract,
   record by record, can tell (or the block is invalid somewhere)."""
   if not data:
@@ -132,15 +153,15 @@ def _fast_block(data: bytes, record_type: str,
   if not len(ends) or not (buffer[starts] == ord("{")).all() or not (
       _is_utf8(data)):
     return None
-  table = _fast_json(data, len(ends), record_type)
+  table = _fast_json(data, len(ends), record_type, extras)
   if table is None:
     return None
-  normalized = _normalize(table, record_type)
+  normalized = _normalize(table, record_type, extras)
   if normalized is None:
     return None
   raws = _lines_array(data, ends) if record_type == contract.FEEDBACK else None
-  return BlockResult(_finish(normalized, record_type, raws, source_file), [],
-                     len(ends))
+  return BlockResult(_finish(normalized, record_type, raws, source_file,
+                             extras), [], len(ends))
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -162,25 +183,25 @@ def _lines_array(data: bytes, ends: np.ndarray) -> pa.Array:
 
 
 def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
-                      source_file: str) -> BlockResult:
+                      source_file: str, extras=()) -> BlockResult:
   """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
   table = pa.Table.from_batches([batch]) if isinstance(
       batch, pa.RecordBatch) else batch
   if len(set(table.column_names)) < table.num_columns:  # Which one counts?
     return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-                 source_file)
+                 source_file, extras)
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
   table = _with_timestamp_column(table)
-  normalized = _normalize(table, record_type)
+  normalized = _normalize(table, record_type, extras)
   if normalized is not None:
     raws = None
     if record_type == contract.FEEDBACK:
       raws = [_row_json(row) for row in table.to_pylist()]
-    return BlockResult(_finish(normalized, record_type, raws, source_file),
-                       [], table.num_rows)
+    return BlockResult(_finish(normalized, record_type, raws, source_file,
+                               extras), [], table.num_rows)
   return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-               source_file)
+               source_file, extras)
 
 
 def _row_json(row: dict) -> str:
@@ -214,11 +235,18 @@ def _epoch_seconds(micros) -> pa.Array:
 _EXACT_MICROS = 2**53
 
 
-def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
+def _fast_json(data: bytes, n_lines: int, record_type: str,
+               extras) -> pa.Table | None:
+  known = dict(_JSON_FIELDS[record_type])
+  # pyarrow reads no map: an attributes object is inferred as a struct.
+  fields = [(name, EXTRA_TYPES[name]) for name in extras
+            if name not in known and name != "attributes"]
+  behavior = "infer" if "attributes" in extras else "ignore"
   for ts_type in _TIMESTAMP_TYPES:
-    schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
-    options = pa_json.ParseOptions(explicit_schema=schema,
-                                   unexpected_field_behavior="ignore")
+    json_schema = pa.schema(_JSON_FIELDS[record_type] + fields +
+                            [("timestamp", ts_type)])
+    options = pa_json.ParseOptions(explicit_schema=json_schema,
+                                   unexpected_field_behavior=behavior)
     try:
       table = pa_json.read_json(io.BytesIO(data), read_options=_READ_OPTIONS,
                                 parse_options=options)
@@ -274,8 +302,100 @@ def _is_number(kind: pa.DataType) -> bool:
   return pa.types.is_floating(kind) or pa.types.is_integer(kind)
 
 
-def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
-  """Normalized columns if every row is valid by the contract, else None."""
+def _normalize(table: pa.Table, record_type: str,
+               extras=()) -> pa.Table | None:
+  """Normalized columns and extras if every row is valid by the contract,
+  else None."""
+  normalized = _normalize_base(table, record_type)
+  if normalized is None:
+    return None
+  for name in extras:
+    column = _extra(table, name)
+    if column is None:
+      return None
+    normalized = normalized.append_column(name, column)
+  return normalized
+
+
+def _extra(table: pa.Table, name: str):
+  """An optional column, typed and valid on every row, or None (the contract
+  decides record by record)."""
+  kind = EXTRA_TYPES[name]
+  if name not in table.column_names:
+    return pa.nulls(table.num_rows, kind)
+  column = table[name]
+  if pa.types.is_null(column.type):
+    return pa.nulls(table.num_rows, kind)
+  if name == "attributes":
+    return _attributes_map(column)
+  if name == "propensity":
+    if not _is_number(column.type):
+      return None
+    in_range = pc.and_kleene(pc.greater(column, 0.0),
+                             pc.less_equal(column, 1.0))
+    ok = _all(pc.or_kleene(pc.is_null(column), in_range))
+    return pc.cast(column, kind) if ok else None
+  if name == "features":
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(
+        column.type)) or not _is_number(column.type.value_type):
+      return None
+    values = pc.list_flatten(column)
+    if values.null_count or not _all(pc.is_finite(
+        pc.cast(values, pa.float64(), safe=False))):
+      return None
+    return pc.cast(column, kind, safe=False)
+  if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    return pc.cast(column, kind)
+  return None
+
+
+def _attributes_map(column):
+  """A struct column of scalar children (pyarrow's inference of JSON
+  objects), or a string map (Parquet) -> map<string, string>."""
+  if pa.types.is_map(column.type):
+    if not (pa.types.is_string(column.type.key_type)
+            and pa.types.is_string(column.type.item_type)):
+      return None
+    return column
+  if not pa.types.is_struct(column.type):
+    return None
+  column = column.combine_chunks() if isinstance(
+      column, pa.ChunkedArray) else column
+  names = [column.type.field(i).name for i in range(column.type.num_fields)]
+  texts = []
+  for i in range(len(names)):
+    child = column.field(i)
+    if pa.types.is_string(child.type):
+      texts.append(child)
+    elif pa.types.is_null(child.type):
+      texts.append(pa.nulls(len(column), pa.string()))
+    elif _is_number(child.type) and not pa.types.is_floating(child.type):
+      texts.append(pc.cast(child, pa.string()))
+    else:
+      # Floats and booleans: Arrow's spelling differs from JSON's.
+      return None
+  present = np.stack([~_numpy_mask(text) for text in texts], axis=1) if texts \
+      else np.zeros((len(column), 0), bool)
+  valid = column.is_valid().to_numpy(zero_copy_only=False)
+  present &= valid[:, None]
+  ends = np.cumsum(present.sum(axis=1))
+  # A null offset makes its row a null map (the record had no attributes).
+  offsets = pa.array(np.concatenate([[0], ends]), pa.int32(),
+                     mask=np.concatenate([~valid, [False]]))
+  rows, cols = np.nonzero(present)
+  keys = pa.array(np.array(names, dtype=object)[cols] if len(cols) else [],
+                  pa.string())
+  values = pa.concat_arrays(texts).take(pa.array(
+      cols * len(column) + rows, pa.int64())) if len(cols) else pa.array(
+          [], pa.string())
+  return pa.MapArray.from_arrays(offsets, keys, values)
+
+
+def _numpy_mask(array) -> np.ndarray:
+  return array.is_null().to_numpy(zero_copy_only=False)
+
+
+def _normalize_base(table: pa.Table, record_type: str) -> pa.Table | None:
   request_id = _present_strings(table, "request_id")
   ts = _timestamps(table)
   if request_id is None or ts is None:
@@ -329,26 +449,30 @@ def _normalize(table: pa.Table, record_type: str) -> pa.Table | None:
                   names=list(contract.FEEDBACK_FIELDS))
 
 
-def _finish(normalized: pa.Table, record_type: str, raws,
-            source_file: str) -> pa.Table:
+def _finish(normalized: pa.Table, record_type: str, raws, source_file: str,
+            extras=()) -> pa.Table:
+  columns = normalized.select(list(contract.FIELDS[record_type]))
   if record_type == contract.FEEDBACK:
     n = normalized.num_rows
     if not isinstance(raws, pa.Array):
       raws = pa.array(raws, pa.string())
-    normalized = normalized.append_column("raw", raws)
-    normalized = normalized.append_column(
+    columns = columns.append_column("raw", raws)
+    columns = columns.append_column(
         "source_file", pa.DictionaryArray.from_arrays(
             np.zeros(n, np.int32), pa.array([source_file])))
-  return normalized.cast(SCHEMAS[record_type])
+  for name in extras:
+    columns = columns.append_column(name, normalized[name])
+  return columns.cast(schema(record_type, extras))
 
 
-def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
+def _slow(raws: Iterable, record_type: str, source_file: str,
+          extras=()) -> BlockResult:
   parse = contract.PARSERS[record_type]
   rows, rejected = [], []
   for raw in raws:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = text.rstrip("\r\n")  # As the fast path's raws: no line ending.
-    parsed = parse(raw)
+    parsed = parse(raw, extras)
     if isinstance(parsed, contract.Rejected):
       rejected.append((text, parsed))
       continue
@@ -356,5 +480,5 @@ def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
       parsed["raw"] = text
       parsed["source_file"] = source_file
     rows.append(parsed)
-  table = pa.Table.from_pylist(rows, schema=SCHEMAS[record_type])
+  table = pa.Table.from_pylist(rows, schema=schema(record_type, extras))
   return BlockResult(table, rejected, 0)

@@ -36,10 +36,11 @@ NON_FINITE_REWARD = "non_finite_reward"
 PROPENSITY_OUT_OF_RANGE = "propensity_out_of_range"
 AMBIGUOUS_ROUTING = "ambiguous_routing"
 ORPHAN_FEEDBACK = "orphan_feedback"
+NON_FINITE_VALUE = "non_finite_value"
 DEAD_LETTER_REASONS = (
     INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_TIMESTAMP,
     NON_FINITE_REWARD, PROPENSITY_OUT_OF_RANGE, AMBIGUOUS_ROUTING,
-    ORPHAN_FEEDBACK)
+    ORPHAN_FEEDBACK, NON_FINITE_VALUE)
 
 # Timestamps a log may carry: from the Unix epoch to the last second BigQuery's
 # TIMESTAMP holds (9999-12-31T23:59:59Z).
@@ -52,6 +53,7 @@ KSERVE_RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 # Normalized columns, in order. `ts` is epoch seconds (float, UTC).
 PREDICTION_FIELDS = ("request_id", "ts", "experiment_id", "arm", "shadow")
 FEEDBACK_FIELDS = ("request_id", "ts", "reward", "experiment_id", "arm")
+FIELDS = {PREDICTION: PREDICTION_FIELDS, FEEDBACK: FEEDBACK_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,36 +226,115 @@ def _seldon_feedback(body: dict, ts: float) -> dict:
               arm=str(branch))
 
 
+# Optional fields a pipeline may ask to carry beside the normalized columns
+# (`extras`). Each is validated only when asked for: a reward run does not
+# dead-letter a record for a malformed field it never reads. Absent -> None.
+
+
+def _propensity(value: Any) -> float:
+  propensity = _number(value, "propensity")
+  if not 0.0 < propensity <= 1.0:
+    raise _Invalid(PROPENSITY_OUT_OF_RANGE, "propensity")
+  return propensity
+
+
+def _finite_numbers(value: Any, field: str) -> list[float]:
+  if not isinstance(value, list):
+    raise _Invalid(WRONG_TYPE, field)
+  numbers = [_number(item, field) for item in value]
+  if not all(map(math.isfinite, numbers)):
+    raise _Invalid(NON_FINITE_VALUE, field)
+  return numbers
+
+
+def _identifier(value: Any) -> str:
+  """An id of any JSON type, as text (a number keeps its JSON spelling)."""
+  if isinstance(value, str):
+    return _text(value, "user_id")
+  return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _attributes(value: Any) -> dict[str, str]:
+  """An object of scalar values -> {name: text}: strings as they are,
+  numbers and booleans in their JSON spelling (segments compare text;
+  numeric context features parse it back)."""
+  if not isinstance(value, dict):
+    raise _Invalid(WRONG_TYPE, "attributes")
+  attributes = {}
+  for name, item in value.items():
+    if item is None:
+      continue
+    if isinstance(item, (dict, list)) or not is_text(name):
+      raise _Invalid(WRONG_TYPE, "attributes")
+    attributes[name] = (_text(item, "attributes") if isinstance(item, str)
+                        else json.dumps(item))
+  return attributes
+
+
+PREDICTION_EXTRAS = {
+    "propensity": _propensity,
+    "policy": lambda value: _text(value, "policy"),
+    "features": lambda value: _finite_numbers(value, "features"),
+    "user_id": _identifier,
+    "attributes": _attributes,
+}
+FEEDBACK_EXTRAS: dict = {}
+EXTRAS = {PREDICTION: PREDICTION_EXTRAS, FEEDBACK: FEEDBACK_EXTRAS}
+
+
+def check_extras(record_type: str, extras) -> tuple:
+  """The extras a pipeline asks for, checked against what the contract knows."""
+  unknown = sorted(set(extras) - set(EXTRAS[record_type]))
+  if unknown:
+    raise ValueError(f"no optional {record_type} field {', '.join(unknown)}; "
+                     f"known: {', '.join(EXTRAS[record_type])}")
+  return tuple(extras)
+
+
+def _with_extras(parsed: dict, obj: dict, record_type: str, extras) -> dict:
+  fields = EXTRAS[record_type]
+  for name in extras:
+    value = obj.get(name)
+    parsed[name] = None if value is None else fields[name](value)
+  return parsed
+
+
 def _is_cloud_event(obj: dict) -> bool:
   return obj.get("specversion") is not None and "data" in obj
 
 
-def parse_prediction(raw: bytes | str) -> dict | Rejected:
-  """One prediction record -> normalized dict (PREDICTION_FIELDS) or Rejected."""
+def parse_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
+  """One prediction record -> normalized dict (PREDICTION_FIELDS and the
+  asked-for `extras`) or Rejected."""
   try:
     obj = _load_object(raw)
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
-      return _kserve_prediction(obj)
-    return _contract_prediction(obj)
+      return _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
+    return _with_extras(_contract_prediction(obj), obj, PREDICTION, extras)
   except _Invalid as invalid:
     return invalid.rejected
 
 
-def parse_feedback(raw: bytes | str) -> dict | Rejected:
-  """One feedback record -> normalized dict (FEEDBACK_FIELDS) or Rejected."""
+def parse_feedback(raw: bytes | str, extras=()) -> dict | Rejected:
+  """One feedback record -> normalized dict (FEEDBACK_FIELDS and the
+  asked-for `extras`) or Rejected."""
   try:
     obj = _load_object(raw)
-    if _is_cloud_event(obj):
-      data = obj["data"]
-      if not isinstance(data, dict):
-        raise _Invalid(WRONG_TYPE, "data")
-      return _seldon_feedback(data, _required_timestamp(obj, "time"))
-    if "response" in obj and "request_id" not in obj:
-      # A bare Seldon Feedback carries no time of its own; log shippers add one.
-      return _seldon_feedback(obj, _required_timestamp(obj))
-    return _contract_feedback(obj)
+    return _with_extras(_feedback(obj), obj, FEEDBACK, extras)
   except _Invalid as invalid:
     return invalid.rejected
+
+
+def _feedback(obj: dict) -> dict:
+  if _is_cloud_event(obj):
+    data = obj["data"]
+    if not isinstance(data, dict):
+      raise _Invalid(WRONG_TYPE, "data")
+    return _seldon_feedback(data, _required_timestamp(obj, "time"))
+  if "response" in obj and "request_id" not in obj:
+    # A bare Seldon Feedback carries no time of its own; log shippers add one.
+    return _seldon_feedback(obj, _required_timestamp(obj))
+  return _contract_feedback(obj)
 
 
 PARSERS = {PREDICTION: parse_prediction, FEEDBACK: parse_feedback}

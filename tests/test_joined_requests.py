@@ -1,0 +1,164 @@
+"""Per-request joins with optional fields: what per-request pipelines build on."""
+
+import json
+import random
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+import pyarrow as pa
+import pytest
+
+from transforms.attribution import rewards
+from transforms.attribution.attribution import JoinRequests
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.logs.read_logs import ReadLogs
+
+EXTRAS = ("propensity", "policy", "features", "user_id", "attributes")
+HOUR = 3600.0
+
+
+def _prediction(i, **fields):
+  record = {"request_id": f"r{i}", "timestamp": 1_700_000_000 + i,
+            "experiment_id": "e", "arm": "ab"[i % 2]}
+  record.update(fields)
+  return record
+
+
+def _random_extras(rng, odd_ids):
+  fields = {}
+  if rng.random() < 0.8:
+    fields["propensity"] = rng.choice([0.5, 1, 0.25, None])
+  if rng.random() < 0.8:
+    fields["features"] = [rng.choice([1, 2.5, -3e10]) for _ in range(3)]
+  if rng.random() < 0.8:
+    # A numeric id is valid but takes the per-record path.
+    fields["user_id"] = rng.choice(["u1", "u2", 17] if odd_ids else ["u1"])
+  if rng.random() < 0.8:
+    fields["attributes"] = rng.choice([
+        {"country": "kr"}, {"country": "us", "platform": "ios"},
+        {"version": 3}, {}, None])
+  if rng.random() < 0.3:
+    fields["policy"] = "thompson"
+  return fields
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fast_and_per_record_paths_agree_on_extras(seed):
+  rng = random.Random(seed)
+  records = [_prediction(i, **_random_extras(rng, seed % 2))
+             for i in range(50)]
+  if seed % 2:  # One malformed extra sends part of the block to the contract.
+    records[rng.randrange(50)]["features"] = ["x"]
+  block = "\n".join(json.dumps(r) for r in records).encode() + b"\n"
+  fast = batches.parse_json_block(block, contract.PREDICTION, "f", EXTRAS)
+  slow = batches._slow(batches.split_lines(block), contract.PREDICTION, "f",
+                       EXTRAS)
+  assert fast.table.schema == slow.table.schema
+  assert fast.table.to_pylist() == slow.table.to_pylist()
+  assert fast.rejected == slow.rejected
+  assert fast.table.num_rows + len(fast.rejected) == 50
+  if seed % 2 == 0:
+    assert fast.fast  # Valid extras of every kind stay on the vectorized path.
+
+
+def test_extras_are_checked_only_when_asked_for():
+  record = json.dumps(_prediction(1, features=[1, "x"], attributes=[1]))
+  assert isinstance(contract.parse_prediction(record), dict)
+  assert contract.parse_prediction(record, ("features",)) == contract.Rejected(
+      contract.WRONG_TYPE, "features")
+  assert contract.parse_prediction(record, ("attributes",)) == (
+      contract.Rejected(contract.WRONG_TYPE, "attributes"))
+  huge = json.dumps(_prediction(1, features=[1.0])).replace("[1.0]",
+                                                            "[1e999]")
+  assert contract.parse_prediction(huge, ("features",)) == contract.Rejected(
+      contract.NON_FINITE_VALUE, "features")
+
+
+def test_attributes_and_ids_are_read_as_text():
+  parsed = contract.parse_prediction(json.dumps(_prediction(
+      1, user_id=42, attributes={"country": "kr", "version": 3, "beta": True,
+                                 "gone": None})), EXTRAS)
+  assert parsed["user_id"] == "42"
+  assert parsed["attributes"] == {"country": "kr", "version": "3",
+                                  "beta": "true"}
+  with pytest.raises(ValueError, match="no optional prediction field"):
+    contract.check_extras(contract.PREDICTION, ("feature",))
+
+
+def test_parquet_extras_match_json():
+  records = [_prediction(i, features=[float(i), 1.0], user_id=f"u{i}",
+                         propensity=0.5) for i in range(4)]
+  table = pa.Table.from_pylist(records)
+  extras = ("features", "user_id", "propensity")
+  from_parquet = batches.parse_arrow_batch(table, contract.PREDICTION, "f",
+                                           extras)
+  from_json = batches.parse_json_block(
+      "\n".join(map(json.dumps, records)).encode(), contract.PREDICTION, "f",
+      extras)
+  assert from_parquet.fast and from_json.fast
+  assert from_parquet.table.to_pylist() == from_json.table.to_pylist()
+
+
+def _feedback(*rows):
+  return pa.Table.from_pylist(
+      [{"request_id": r[0], "ts": r[1], "reward": r[2], "experiment_id": None,
+        "arm": None, "raw": "{}", "source_file": "f"} for r in rows],
+      schema=batches.FEEDBACK_SCHEMA)
+
+
+def _predictions_with_features(*rows):
+  return pa.Table.from_pylist(
+      [{"request_id": r[0], "ts": r[1], "experiment_id": "e", "arm": r[2],
+        "shadow": r[3], "features": r[4]} for r in rows],
+      schema=batches.schema(contract.PREDICTION, ("features",)))
+
+
+def test_join_keeps_each_request_once_with_its_prediction_columns():
+  predictions = _predictions_with_features(
+      ("r1", 0.0, "a", False, [1.0]), ("r1", 5.0, "a", False, [9.0]),
+      ("r2", 1.0, "b", False, [2.0]), ("r3", 2.0, "b", True, [3.0]))
+  feedback = _feedback(("r1", 10.0, 0.0), ("r1", 11.0, 1.0),
+                       ("r2", 2.0 + 2 * HOUR, 1.0), ("r3", 3.0, 1.0),
+                       ("x", 1.0, 1.0))
+  config = rewards.AttributionConfig(attribution_window_s=HOUR,
+                                     reward_reduce="first")
+  joined = rewards.join_requests(predictions, feedback, config)
+  rows = sorted(joined.requests.to_pylist(), key=lambda r: r["request_id"])
+  # r1: the earliest prediction, the first reward; r2: late feedback, no
+  # reward; r3: shadow, not a request of its arm.
+  assert [(r["request_id"], r["features"], r["reward"]) for r in rows] == [
+      ("r1", [1.0], 0.0), ("r2", [2.0], None)]
+  assert [orphan[2].reason for orphan in joined.orphans] == [
+      contract.ORPHAN_FEEDBACK]
+  assert rewards.attribute(predictions, feedback, config).partials == (
+      rewards.per_arm(joined.requests, "zero"))
+
+
+def test_join_requests_in_a_pipeline_carries_extras(tmp_path):
+  records = [_prediction(i, features=[float(i)], user_id=f"u{i}")
+             for i in range(6)]
+  (tmp_path / "p.jsonl").write_text("\n".join(map(json.dumps, records)))
+  (tmp_path / "f.jsonl").write_text("\n".join(
+      json.dumps({"request_id": f"r{i}", "timestamp": 1_700_000_010 + i,
+                  "reward": float(i)}) for i in range(0, 6, 2)))
+  options = PipelineOptions(["--runner=FnApiRunner"])
+  with TestPipeline(options=options) as pipeline:
+    tables = {
+        "predictions": pipeline | "P" >> ReadLogs(
+            str(tmp_path / "p.jsonl"), contract.PREDICTION,
+            ("features", "user_id")),
+        "feedback": pipeline | "F" >> ReadLogs(str(tmp_path / "f.jsonl"),
+                                               contract.FEEDBACK)}
+    joined = {"predictions": tables["predictions"]["records"],
+              "feedback": tables["feedback"]["records"]} | JoinRequests(
+                  rewards.AttributionConfig(), num_shards=3,
+                  extras=("features", "user_id"))
+    rows = joined["requests"] | beam.FlatMap(lambda t: [
+        (r["request_id"], r["features"], r["user_id"], r["reward"])
+        for r in t.to_pylist()])
+    assert_that(rows, equal_to([
+        (f"r{i}", [float(i)], f"u{i}", float(i) if i % 2 == 0 else None)
+        for i in range(6)]))
