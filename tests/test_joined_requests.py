@@ -16,7 +16,8 @@ from transforms.logs import batches
 from transforms.logs import contract
 from transforms.logs.read_logs import ReadLogs
 
-EXTRAS = ("propensity", "policy", "features", "user_id", "attributes")
+EXTRAS = ("propensity", "policy", "features", "user_id", "attributes",
+          "latency_ms", "status")
 HOUR = 3600.0
 
 
@@ -42,6 +43,12 @@ def _random_extras(rng, odd_ids):
         {"version": 3}, {}, None])
   if rng.random() < 0.3:
     fields["policy"] = "thompson"
+  if rng.random() < 0.8:
+    fields["latency_ms"] = rng.choice([0, 12.5, 3, None])
+  if rng.random() < 0.8:
+    # An HTTP code is valid but takes the per-record path.
+    fields["status"] = rng.choice(["ok", "error", 503] if odd_ids else
+                                  ["ok", "error"])
   return fields
 
 
@@ -75,6 +82,27 @@ def test_extras_are_checked_only_when_asked_for():
                                                             "[1e999]")
   assert contract.parse_prediction(huge, ("features",)) == contract.Rejected(
       contract.NON_FINITE_VALUE, "features")
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("latency_ms", 12, 12.0), ("latency_ms", -1, contract.Rejected(
+        contract.VALUE_OUT_OF_RANGE, "latency_ms")),
+    ("latency_ms", "12", contract.Rejected(contract.WRONG_TYPE, "latency_ms")),
+    ("status", 503, "503"), ("status", "ok", "ok"),
+    ("status", 99, contract.Rejected(contract.VALUE_OUT_OF_RANGE, "status")),
+    ("status", "fine", contract.Rejected(contract.WRONG_TYPE, "status")),
+])
+def test_serving_fields(field, value, expected):
+  parsed = contract.parse_prediction(json.dumps(_prediction(1, **{
+      field: value})), (field,))
+  assert (parsed if isinstance(parsed, contract.Rejected) else
+          parsed[field]) == expected
+
+
+def test_error_statuses():
+  assert [contract.is_error_status(s) for s in (
+      "ok", "error", "200", "499", "500", "503", None)] == [
+          False, True, False, False, True, True, False]
 
 
 def test_attributes_and_ids_are_read_as_text():

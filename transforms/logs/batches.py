@@ -53,6 +53,9 @@ EXTRA_TYPES = {
     "features": pa.list_(pa.float64()),
     "user_id": pa.string(),
     "attributes": pa.map_(pa.string(), pa.string()),
+    "latency_ms": pa.float64(),
+    "status": pa.string(),
+    "metric": pa.string(),
 }
 
 
@@ -335,6 +338,19 @@ def _extra(table: pa.Table, name: str):
                              pc.less_equal(column, 1.0))
     ok = _all(pc.or_kleene(pc.is_null(column), in_range))
     return pc.cast(column, kind) if ok else None
+  if name == "latency_ms":
+    if not _is_number(column.type):
+      return None
+    latency = pc.cast(column, pa.float64(), safe=False)
+    valid = pc.and_(pc.is_finite(latency), pc.greater_equal(latency, 0.0))
+    return latency if _all(pc.or_kleene(pc.is_null(latency), valid)) else None
+  if name == "status":
+    # Text must be ok/error; numbers (HTTP codes) take the contract.
+    if not pa.types.is_string(column.type) or not _all(pc.or_kleene(
+        pc.is_null(column), pc.is_in(column, pa.array(
+            [contract.STATUS_OK, contract.STATUS_ERROR])))):
+      return None
+    return column
   if name == "features":
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(
         column.type)) or not _is_number(column.type.value_type):

@@ -37,10 +37,11 @@ PROPENSITY_OUT_OF_RANGE = "propensity_out_of_range"
 AMBIGUOUS_ROUTING = "ambiguous_routing"
 ORPHAN_FEEDBACK = "orphan_feedback"
 NON_FINITE_VALUE = "non_finite_value"
+VALUE_OUT_OF_RANGE = "value_out_of_range"
 DEAD_LETTER_REASONS = (
     INVALID_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE, BAD_TIMESTAMP,
     NON_FINITE_REWARD, PROPENSITY_OUT_OF_RANGE, AMBIGUOUS_ROUTING,
-    ORPHAN_FEEDBACK, NON_FINITE_VALUE)
+    ORPHAN_FEEDBACK, NON_FINITE_VALUE, VALUE_OUT_OF_RANGE)
 
 # Timestamps a log may carry: from the Unix epoch to the last second BigQuery's
 # TIMESTAMP holds (9999-12-31T23:59:59Z).
@@ -271,14 +272,50 @@ def _attributes(value: Any) -> dict[str, str]:
   return attributes
 
 
+def _latency_ms(value: Any) -> float:
+  latency = _number(value, "latency_ms")
+  if not math.isfinite(latency):
+    raise _Invalid(NON_FINITE_VALUE, "latency_ms")
+  if latency < 0:
+    raise _Invalid(VALUE_OUT_OF_RANGE, "latency_ms")
+  return latency
+
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def _status(value: Any) -> str:
+  """`ok`, `error`, or an HTTP status code (kept as its digits)."""
+  if isinstance(value, str) and value in (STATUS_OK, STATUS_ERROR):
+    return value
+  if isinstance(value, int) and not isinstance(value, bool):
+    if 100 <= value <= 599:
+      return str(value)
+    raise _Invalid(VALUE_OUT_OF_RANGE, "status")
+  raise _Invalid(WRONG_TYPE, "status")
+
+
+def is_error_status(status: str | None) -> bool:
+  """An error: `error`, or an HTTP status of 500 or more."""
+  return status == STATUS_ERROR or (status is not None and status.isdigit()
+                                    and int(status) >= 500)
+
+
 PREDICTION_EXTRAS = {
     "propensity": _propensity,
     "policy": lambda value: _text(value, "policy"),
     "features": lambda value: _finite_numbers(value, "features"),
     "user_id": _identifier,
     "attributes": _attributes,
+    "latency_ms": _latency_ms,
+    "status": _status,
 }
-FEEDBACK_EXTRAS: dict = {}
+FEEDBACK_EXTRAS = {
+    # Which signal a feedback record measures (a click, a purchase, ...);
+    # absent means the reward.
+    "metric": lambda value: _text(value, "metric"),
+}
 EXTRAS = {PREDICTION: PREDICTION_EXTRAS, FEEDBACK: FEEDBACK_EXTRAS}
 
 
