@@ -4,6 +4,7 @@ the structured mode, by the contract and by both parsing paths."""
 import datetime
 import json
 
+import pyarrow as pa
 import pytest
 
 from transforms.logs import batches
@@ -167,3 +168,15 @@ def test_the_fast_path_leaves_a_headers_object_to_the_contract():
   assert not result.fast
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.MISSING_FIELD, "response.meta")] * 3
+
+
+def test_parquet_rows_with_headers_are_read_as_binary_events():
+  body = seldon_feedback_body(routing={"router": 1}, reward=0.5)
+  table = pa.table({
+      "headers": [{"Ce-Type": contract.SELDON_FEEDBACK_TYPE, "Ce-Time": TS}] * 2,
+      "body": [json.dumps(body), "{broken"]})
+  result = batches.parse_arrow_batch(table, contract.FEEDBACK, "f.parquet")
+  assert [(row["request_id"], row["reward"], row["arm"])
+          for row in result.table.to_pylist()] == [("p-1", 0.5, "1")]
+  assert [r for _, r in result.rejected] == [
+      contract.Rejected(contract.INVALID_JSON, "data")]
