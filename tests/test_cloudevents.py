@@ -180,3 +180,15 @@ def test_parquet_rows_with_headers_are_read_as_binary_events():
           for row in result.table.to_pylist()] == [("p-1", 0.5, "1")]
   assert [r for _, r in result.rejected] == [
       contract.Rejected(contract.INVALID_JSON, "data")]
+
+
+def test_a_user_id_in_a_binary_events_body_text_is_redacted():
+  body = {"user_id": "alice", "response": {"meta": {}}}
+  raw = json.dumps({"headers": {"Ce-Type": "t"}, "body": json.dumps(body)})
+  redacted = json.loads(contract.redact_raw(raw, b"k"))
+  assert "alice" not in json.dumps(redacted)
+  assert json.loads(redacted["body"])["user_id"] == contract.pseudonymize(
+      "alice", b"k")
+  assert redacted["headers"] == {"Ce-Type": "t"}
+  text = json.dumps({"note": "user_id is not JSON here"})
+  assert contract.redact_raw(text, b"k") == text

@@ -296,8 +296,9 @@ def pseudonymize(value: str, key: bytes) -> str:
 def redact_raw(raw: str, key: bytes | None) -> str:
   """The raw record as stored in the dead-letter table: every `user_id`, at
   any depth (a CloudEvent's data too) and of any type, pseudonymized when a
-  key is configured. Records that are not JSON, or nest deeper than Python's
-  parser goes, are kept as they are."""
+  key is configured, also in JSON held as text (a binary-mode CloudEvent's
+  body). Records that are not JSON, or nest deeper than Python's parser goes,
+  are kept as they are."""
   if key is None or "user_id" not in raw:
     return raw
   try:
@@ -312,6 +313,8 @@ def redact_raw(raw: str, key: bytes | None) -> str:
 def _redact(value: Any, key: bytes) -> Any:
   if isinstance(value, list):
     return [_redact(item, key) for item in value]
+  if isinstance(value, str) and "user_id" in value:
+    return _redact_json_text(value, key)
   if not isinstance(value, dict):
     return value
   redacted = {}
@@ -323,3 +326,17 @@ def _redact(value: Any, key: bytes) -> Any:
     else:
       redacted[name] = _redact(item, key)
   return redacted
+
+
+def _redact_json_text(text: str, key: bytes) -> str:
+  """A JSON document held as text (a binary-mode CloudEvent's body),
+  redacted; other text as it is."""
+  try:
+    parsed = json.loads(text)
+  except ValueError:
+    return text
+  if not isinstance(parsed, (dict, list)):
+    return text
+  redacted = _redact(parsed, key)
+  return text if redacted == parsed else json.dumps(redacted,
+                                                     separators=(",", ":"))
