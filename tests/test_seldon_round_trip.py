@@ -217,3 +217,30 @@ def test_round_trip_under_seldons_wrapper_and_client(tmp_path):
       assert shares[branch] / 300 == pytest.approx(arm["prob_best"], abs=0.1)
     assert states[unit]["best_arm"] == "1"
     assert shares["1"] / 300 > 0.9
+
+
+def test_feedback_without_routing_counts_on_its_predictions_arm(tmp_path):
+  # The client's bodies with no routing entry (rewards 0 and 1), and the
+  # application's prediction log in our contract: joined by puid.
+  cases = [{"puid": f"p{i}", "reward": float(i % 2), "routing": None}
+           for i in range(6)]
+  bodies = [item["body"] for item in seldon_support.run_client(
+      "bodies", json.dumps(cases))]
+  feedback = tmp_path / "feedback.jsonl"
+  feedback.write_text("".join(
+      json.dumps({**body, "timestamp": T0 + 60}) + "\n" for body in bodies))
+  predictions = tmp_path / "predictions.jsonl"
+  predictions.write_text("".join(json.dumps({
+      "request_id": f"p{i}", "timestamp": T0, "experiment_id": "router",
+      "arm": str(i % 3)}) + "\n" for i in range(6)))
+  out = tmp_path / "out"
+  reward_batch.run([f"--predictions={predictions}", f"--feedback={feedback}",
+                    f"--output_dir={out}", "--runner=FnApiRunner"])
+  rows = {row["arm"]: row for row in read_output(out, "arm_stats")}
+  expected = collections.defaultdict(float)
+  for case in cases:
+    expected[str(int(case["puid"][1:]) % 3)] += case["reward"]
+  assert {arm: (row["samples"], row["reward_sum"])
+          for arm, row in rows.items()} == {
+              arm: (2, reward_sum) for arm, reward_sum in expected.items()}
+  assert read_output(out, "dead_letter") == []
