@@ -71,12 +71,14 @@ _MALFORMED_PREDICTION = (
 
 def _seldon_event(request_id: str, router: str, branch: int, reward: float,
                   ts: float) -> dict:
+  data = {"request": {"data": {"ndarray": [[0.0]]}},
+          "response": {"meta": {"puid": request_id,
+                                "routing": {router: branch}}}}
+  if reward != 0:  # Seldon's client (protobuf JSON) leaves a reward of 0 out.
+    data["reward"] = reward
   return {"specversion": "1.0", "type": "io.seldon.serving.feedback",
           "id": f"fb-{request_id}", "source": "seldon", "time": _rfc3339(ts),
-          "data": {"request": {"data": {"ndarray": [[0.0]]}},
-                   "response": {"meta": {"puid": request_id,
-                                         "routing": {router: branch}}},
-                   "reward": reward}}
+          "data": data}
 
 
 def generate(scenario: Scenario):

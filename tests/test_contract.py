@@ -126,14 +126,47 @@ def test_bare_seldon_feedback_with_shipper_timestamp():
       "experiment_id": "router", "arm": "0"}
 
 
-@pytest.mark.parametrize("body,reason", [
+@pytest.mark.parametrize("body,rejected", [
     ({**seldon_body({"r1": 0, "r2": 1}), "timestamp": 1},
-     contract.AMBIGUOUS_ROUTING),
-    ({**seldon_body({}), "timestamp": 1}, contract.MISSING_FIELD),
-    (seldon_body({"r1": 0}), contract.MISSING_FIELD),  # no time at all
+     contract.Rejected(contract.AMBIGUOUS_ROUTING, "r1,r2")),
+    (seldon_body({"r1": 0}),  # no time at all
+     contract.Rejected(contract.MISSING_FIELD, "timestamp")),
+    ({**seldon_body({"r1": 0}, reward="1"), "timestamp": 1},
+     contract.Rejected(contract.WRONG_TYPE, "reward")),
+    ({**seldon_body({"r1": 0}, reward=True), "timestamp": 1},
+     contract.Rejected(contract.WRONG_TYPE, "reward")),
+    ({**seldon_body({"r1": "0"}), "timestamp": 1},
+     contract.Rejected(contract.WRONG_TYPE, "response.meta.routing")),
+    ({**seldon_body([0]), "timestamp": 1},
+     contract.Rejected(contract.WRONG_TYPE, "response.meta.routing")),
+    ({"response": {"meta": {"routing": {"r1": 0}}}, "timestamp": 1},
+     contract.Rejected(contract.MISSING_FIELD, "puid")),
 ])
-def test_seldon_rejections(body, reason):
-  assert contract.parse_feedback(json.dumps(body)).reason == reason
+def test_seldon_rejections(body, rejected):
+  assert contract.parse_feedback(json.dumps(body)) == rejected
+
+
+def test_seldon_feedback_without_a_reward_is_a_reward_of_zero():
+  # Protobuf's JSON leaves out a reward of 0 (and so does Seldon's client);
+  # Seldon's parser reads it back as 0.0, and so do we; null too.
+  for body in ({"response": {"meta": {"puid": "p-1", "routing": {"r": 1}}}},
+               {**seldon_body({"r": 1}), "reward": None}):
+    assert contract.parse_feedback(json.dumps({**body, "timestamp": EPOCH})
+                                   ) == {"request_id": "p-1", "ts": EPOCH,
+                                         "reward": 0.0, "experiment_id": "r",
+                                         "arm": "1"}
+
+
+@pytest.mark.parametrize("routing", [None, {}, {"model-a": -1},
+                                     {"router": -2, "model-a": -1}])
+def test_seldon_feedback_without_a_route_leaves_the_arm_to_its_prediction(
+    routing):
+  body = {**seldon_body(routing, reward=0.5), "timestamp": EPOCH}
+  if routing is None:
+    del body["response"]["meta"]["routing"]
+  assert contract.parse_feedback(json.dumps(body)) == {
+      "request_id": "p-1", "ts": EPOCH, "reward": 0.5, "experiment_id": None,
+      "arm": None}
 
 
 def test_kserve_response_event_is_a_prediction():

@@ -18,13 +18,13 @@ COMMANDS = ("pipelines.reward_batch", "pipelines.reward_streaming",
             "pipelines.streaming_demo", "pipelines.train_demo_models",
             "benchmarks.reward_benchmark", "benchmarks.inference_benchmark",
             "emulators.bq_emulator", "emulators.pubsub_emulator",
-            "templates.generate")
+            "templates.generate", "examples.router_simulation")
 # Flags of other tools' commands quoted in the docs (gcloud, bq, git).
 OTHER_TOOLS = {"build-arg", "enable-streaming-engine", "image", "image-version",
                "location", "metadata-file", "parameters", "region",
                "repository-format", "sdk-language", "short", "staging-location",
                "temp-location", "template-file-gcs-location", "topic",
-               "format", "dataset"}
+               "format", "dataset", "service-type"}
 
 _LIST_OPTIONS = """
 import contextlib, io, runpy, sys

@@ -30,7 +30,8 @@ def test_binary_state():
   assert a == dict(arm="a", tries=1000, successes=100.0, value=0.1,
                    alpha=101.0, beta=901.0,
                    prob_best=statistics["a"]["prob_best"],
-                   traffic_share=pytest.approx(statistics["a"]["prob_best"]))
+                   traffic_share=pytest.approx(statistics["a"]["prob_best"]),
+                   reward_sq_sum=100.0)
   assert b["value"] == 0.13 and b["alpha"] == 131 and b["beta"] == 871
   assert c["tries"] == 0 and c["value"] is None
   assert (c["alpha"], c["beta"]) == (1, 1)
@@ -110,6 +111,8 @@ def test_continuous_state():
   a, b, c = state["arms"]
   assert a["alpha"] is None and a["beta"] is None
   assert a["value"] == 2.5 and b["value"] == 4.0 and c["value"] == 9.0
+  # A router's normal posterior needs the variance: the sum of squares.
+  assert [arm["reward_sq_sum"] for arm in state["arms"]] == [30.0, 50.0, 81.0]
   assert c["prob_best"] is None and c["traffic_share"] == pytest.approx(0.05)
   assert a["prob_best"] + b["prob_best"] == pytest.approx(1)
   assert state["best_arm"] == "b"

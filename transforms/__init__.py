@@ -14,6 +14,7 @@ the core; tests/test_architecture.py holds both rules.
 
 PURE_CORE = (
     "transforms.logs.contract",
+    "transforms.logs.cloudevents",
     "transforms.logs.batches",
     "transforms.attribution.rewards",
     "transforms.decisions.stats",

@@ -69,7 +69,8 @@ def router_state(experiment_id: str, arms: Sequence[ArmTotals],
         value=arm.reward_sum / arm.samples if arm.samples else None,
         alpha=row["posterior_alpha"],
         beta=row["posterior_beta"],
-        prob_best=row["prob_best"]))
+        prob_best=row["prob_best"],
+        reward_sq_sum=arm.reward_sq_sum))
   shares = traffic_shares([r["prob_best"] for r in records], traffic_floor)
   for record, share in zip(records, shares):
     record["traffic_share"] = share

@@ -79,6 +79,8 @@ ROUTER_ARM_FIELDS = (
     ("beta", "FLOAT64", "NULLABLE"),
     ("prob_best", "FLOAT64", "NULLABLE"),
     ("traffic_share", "FLOAT64", "NULLABLE"),
+    # With tries and successes, the variance of a continuous reward.
+    ("reward_sq_sum", "FLOAT64", "NULLABLE"),
 )
 
 ROUTER_STATE_FIELDS = (

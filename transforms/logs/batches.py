@@ -67,16 +67,19 @@ def schema(record_type: str, extras=()) -> pa.Schema:
   return base
 
 # What pyarrow reads of our contract; other fields are ignored on the fast path.
+# `specversion` and `headers` only tell CloudEvents (structured and binary
+# mode) apart, for the contract to read; `headers` is read as an empty struct.
+_CLOUD_EVENT_FIELDS = [("specversion", pa.string()),
+                       ("headers", pa.struct([]))]
 _JSON_FIELDS = {
     contract.PREDICTION: [("request_id", pa.string()),
                           ("experiment_id", pa.string()),
                           ("arm", pa.string()), ("shadow", pa.bool_()),
                           ("propensity", pa.float64()),
-                          ("policy", pa.string()),
-                          ("specversion", pa.string())],
+                          ("policy", pa.string())] + _CLOUD_EVENT_FIELDS,
     contract.FEEDBACK: [("request_id", pa.string()), ("reward", pa.float64()),
-                        ("experiment_id", pa.string()), ("arm", pa.string()),
-                        ("specversion", pa.string())],
+                        ("experiment_id", pa.string()), ("arm", pa.string())
+                       ] + _CLOUD_EVENT_FIELDS,
 }
 
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
@@ -416,8 +419,8 @@ def _normalize_base(table: pa.Table, record_type: str) -> pa.Table | None:
   ts = _timestamps(table)
   if request_id is None or ts is None:
     return None
-  if "specversion" in table.column_names and (
-      table["specversion"].null_count < table.num_rows):
+  if any(name in table.column_names and table[name].null_count < table.num_rows
+         for name in ("specversion", "headers")):
     return None  # CloudEvents: the contract tells their kind record by record.
   if record_type == contract.PREDICTION:
     experiment_id = _present_strings(table, "experiment_id")

@@ -8,9 +8,11 @@ module stays the authority on what is valid and why a record is not.
 Accepted formats, detected per record:
 - our JSON contract (predictions and feedback, see README "Log contract");
 - Seldon Core v1 feedback (`/api/v1.0/feedback` body), bare or wrapped in a
-  structured-mode CloudEvent of type `io.seldon.serving.feedback`;
-- KServe inference-logger response events (structured-mode CloudEvent of type
+  CloudEvent of type `io.seldon.serving.feedback`;
+- KServe inference-logger response events (CloudEvent of type
   `org.kubeflow.serving.inference.response`) as predictions.
+CloudEvents are read in the structured mode, and in the binary mode as a log
+shipper keeps them (headers and body, see `transforms.logs.cloudevents`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import hmac
 import json
 import math
 from typing import Any
+
+from transforms.logs import cloudevents
 
 PREDICTION = "prediction"
 FEEDBACK = "feedback"
@@ -143,10 +147,12 @@ def _number(value: Any, field: str) -> float:
     return math.inf if value > 0 else -math.inf
 
 
-def _reward(obj: dict) -> float:
+def _reward(obj: dict, default: float | None = None) -> float:
   value = obj.get("reward")
   if value is None:
-    raise _Invalid(MISSING_FIELD, "reward")
+    if default is None:
+      raise _Invalid(MISSING_FIELD, "reward")
+    return default
   reward = _number(value, "reward")
   if not math.isfinite(reward):
     raise _Invalid(NON_FINITE_REWARD, "reward")
@@ -206,25 +212,33 @@ def _contract_feedback(obj: dict) -> dict:
 
 
 def _seldon_feedback(body: dict, ts: float) -> dict:
+  """Seldon's client writes feedback with protobuf's JSON rules, which leave
+  out a field equal to its default: no `reward` is a reward of 0, as Seldon's
+  own parser reads it, and no `routing` (or only branches -1 and -2, nodes that
+  did not route) leaves the arm to the prediction the puid joins."""
   response = body.get("response")
   meta = response.get("meta") if isinstance(response, dict) else None
   if not isinstance(meta, dict):
     raise _Invalid(MISSING_FIELD, "response.meta")
   request_id = _required_str(meta, "puid")
   routing = meta.get("routing")
-  if not isinstance(routing, dict) or not routing:
-    raise _Invalid(MISSING_FIELD, "response.meta.routing")
-  routes = {name: branch for name, branch in routing.items()
-            if isinstance(branch, int) and not isinstance(branch, bool)
-            and branch >= 0}
-  if not routes:
+  if routing is None:
+    routing = {}
+  if not isinstance(routing, dict):
     raise _Invalid(WRONG_TYPE, "response.meta.routing")
+  branches = list(routing.values())
+  if not all(isinstance(branch, int) and not isinstance(branch, bool)
+             for branch in branches):
+    raise _Invalid(WRONG_TYPE, "response.meta.routing")
+  routes = {name: branch for name, branch in routing.items() if branch >= 0}
   if len(routes) > 1:
     raise _Invalid(AMBIGUOUS_ROUTING, ",".join(sorted(routes)))
-  (router, branch), = routes.items()
-  return dict(request_id=request_id, ts=ts, reward=_reward(body),
-              experiment_id=_text(router, "response.meta.routing"),
-              arm=str(branch))
+  experiment_id = arm = None
+  if routes:
+    (router, branch), = routes.items()
+    experiment_id, arm = _text(router, "response.meta.routing"), str(branch)
+  return dict(request_id=request_id, ts=ts, reward=_reward(body, default=0.0),
+              experiment_id=experiment_id, arm=arm)
 
 
 # Optional fields a pipeline may ask to carry beside the normalized columns
@@ -340,11 +354,26 @@ def _is_cloud_event(obj: dict) -> bool:
   return obj.get("specversion") is not None and "data" in obj
 
 
+def _structured(obj: dict) -> dict:
+  """The record itself, or the structured-mode event of a binary-mode one."""
+  if not cloudevents.is_binary(obj):
+    return obj
+  try:
+    return cloudevents.to_structured(obj)
+  except cloudevents.MalformedEvent as malformed:
+    raise _Invalid(_EVENT_REASONS[malformed.reason], malformed.field) from None
+
+
+_EVENT_REASONS = {cloudevents.MISSING: MISSING_FIELD,
+                  cloudevents.WRONG_TYPE: WRONG_TYPE,
+                  cloudevents.INVALID_JSON: INVALID_JSON}
+
+
 def parse_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
   """One prediction record -> normalized dict (PREDICTION_FIELDS and the
   asked-for `extras`) or Rejected."""
   try:
-    obj = _load_object(raw)
+    obj = _structured(_load_object(raw))
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
       return _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
     return _with_extras(_contract_prediction(obj), obj, PREDICTION, extras)
@@ -356,7 +385,7 @@ def parse_feedback(raw: bytes | str, extras=()) -> dict | Rejected:
   """One feedback record -> normalized dict (FEEDBACK_FIELDS and the
   asked-for `extras`) or Rejected."""
   try:
-    obj = _load_object(raw)
+    obj = _structured(_load_object(raw))
     return _with_extras(_feedback(obj), obj, FEEDBACK, extras)
   except _Invalid as invalid:
     return invalid.rejected
@@ -385,8 +414,9 @@ def pseudonymize(value: str, key: bytes) -> str:
 def redact_raw(raw: str, key: bytes | None) -> str:
   """The raw record as stored in the dead-letter table: every `user_id`, at
   any depth (a CloudEvent's data too) and of any type, pseudonymized when a
-  key is configured. Records that are not JSON, or nest deeper than Python's
-  parser goes, are kept as they are."""
+  key is configured, also in JSON held as text (a binary-mode CloudEvent's
+  body). Records that are not JSON, or nest deeper than Python's parser goes,
+  are kept as they are."""
   if key is None or "user_id" not in raw:
     return raw
   try:
@@ -401,6 +431,8 @@ def redact_raw(raw: str, key: bytes | None) -> str:
 def _redact(value: Any, key: bytes) -> Any:
   if isinstance(value, list):
     return [_redact(item, key) for item in value]
+  if isinstance(value, str) and "user_id" in value:
+    return _redact_json_text(value, key)
   if not isinstance(value, dict):
     return value
   redacted = {}
@@ -412,3 +444,17 @@ def _redact(value: Any, key: bytes) -> Any:
     else:
       redacted[name] = _redact(item, key)
   return redacted
+
+
+def _redact_json_text(text: str, key: bytes) -> str:
+  """A JSON document held as text (a binary-mode CloudEvent's body),
+  redacted; other text as it is."""
+  try:
+    parsed = json.loads(text)
+  except ValueError:
+    return text
+  if not isinstance(parsed, (dict, list)):
+    return text
+  redacted = _redact(parsed, key)
+  return text if redacted == parsed else json.dumps(redacted,
+                                                     separators=(",", ":"))
