@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from transforms.logs import contract
+from transforms.logs import formats
 
 # Experiments and arms are few: as dictionaries they cost 4 bytes a row
 # instead of their text, in every table that crosses the shuffle.
@@ -58,6 +59,11 @@ _JSON_FIELDS = {
                         ("specversion", pa.string())],
 }
 
+# A Vertex AI request-response row (`--log_format vertex`), fast path: its
+# columns read under the contract's names.
+_VERTEX_JSON_FIELDS = [("request_id", pa.string()), ("endpoint", pa.string()),
+                       ("deployed_model_id", pa.string())]
+
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
 # pyarrow parses a block's 1 MiB chunks on parallel threads.
 _READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 20, use_threads=True)
@@ -89,33 +95,36 @@ def split_lines(block: bytes) -> list[bytes]:
   return [line for line in block.split(b"\n") if line.strip()]
 
 
-def parse_json_block(block: bytes, record_type: str,
-                     source_file: str) -> BlockResult:
+def parse_json_block(block: bytes, record_type: str, source_file: str,
+                     log_format: str = contract.AUTO) -> BlockResult:
   """Parse and validate a block of whole JSON lines of one record type."""
-  result = _fast_block(block, record_type, source_file)
+  result = _fast_block(block, record_type, source_file, log_format)
   if result is not None:
     return result
-  return parse_json_lines(split_lines(block), record_type, source_file)
+  return parse_json_lines(split_lines(block), record_type, source_file,
+                          log_format)
 
 
-def parse_json_lines(lines: list[bytes], record_type: str,
-                     source_file: str) -> BlockResult:
+def parse_json_lines(lines: list[bytes], record_type: str, source_file: str,
+                     log_format: str = contract.AUTO) -> BlockResult:
   """Parse and validate non-blank JSON lines of one record type."""
-  result = _fast_block(b"\n".join(lines), record_type, source_file)
+  result = _fast_block(b"\n".join(lines), record_type, source_file,
+                       log_format)
   if result is not None:
     return result
   if len(lines) <= MIN_FAST_LINES:
-    return _slow(lines, record_type, source_file)
+    return _slow(lines, record_type, source_file, log_format)
   step = -(-len(lines) // FAST_SPLIT)
-  parts = [parse_json_lines(lines[i:i + step], record_type, source_file)
+  parts = [parse_json_lines(lines[i:i + step], record_type, source_file,
+                            log_format)
            for i in range(0, len(lines), step)]
   return BlockResult(pa.concat_tables([part.table for part in parts]),
                      [r for part in parts for r in part.rejected],
                      sum(part.fast_rows for part in parts))
 
 
-def _fast_block(data: bytes, record_type: str,
-                source_file: str) -> BlockResult | None:
+def _fast_block(data: bytes, record_type: str, source_file: str,
+                log_format: str) -> BlockResult | None:
   """The block parsed by pyarrow as a whole, or None where only the contract,
   record by record, can tell (or the block is invalid somewhere)."""
   if not data:
@@ -132,7 +141,9 @@ def _fast_block(data: bytes, record_type: str,
   if not len(ends) or not (buffer[starts] == ord("{")).all() or not (
       _is_utf8(data)):
     return None
-  table = _fast_json(data, len(ends), record_type)
+  table = _fast_json(data, len(ends), _json_fields(record_type, log_format))
+  if table is not None and _is_vertex(record_type, log_format):
+    table = vertex_columns(table)
   if table is None:
     return None
   normalized = _normalize(table, record_type)
@@ -162,25 +173,73 @@ def _lines_array(data: bytes, ends: np.ndarray) -> pa.Array:
 
 
 def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
-                      source_file: str) -> BlockResult:
-  """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
+                      source_file: str,
+                      log_format: str = contract.AUTO) -> BlockResult:
+  """Validate rows already in Arrow form (Parquet, BigQuery); bad rows become
+  JSON raws. Vertex AI request-response rows are told by their columns."""
   table = pa.Table.from_batches([batch]) if isinstance(
       batch, pa.RecordBatch) else batch
   if len(set(table.column_names)) < table.num_columns:  # Which one counts?
     return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-                 source_file)
+                 source_file, log_format)
+  original = table
+  if record_type == contract.PREDICTION and (
+      log_format == formats.VERTEX or _has_vertex_columns(table)):
+    log_format = formats.VERTEX
+    table = vertex_columns(table)
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
-  table = _with_timestamp_column(table)
-  normalized = _normalize(table, record_type)
+  normalized = None
+  if table is not None:
+    table = _with_timestamp_column(table)
+    normalized = _normalize(table, record_type)
   if normalized is not None:
     raws = None
     if record_type == contract.FEEDBACK:
       raws = [_row_json(row) for row in table.to_pylist()]
     return BlockResult(_finish(normalized, record_type, raws, source_file),
                        [], table.num_rows)
-  return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-               source_file)
+  return _slow([_row_json(row) for row in original.to_pylist()], record_type,
+               source_file, log_format)
+
+
+def _is_vertex(record_type: str, log_format: str) -> bool:
+  return record_type == contract.PREDICTION and log_format == formats.VERTEX
+
+
+def _has_vertex_columns(table: pa.Table) -> bool:
+  return set(formats.VERTEX_COLUMNS) <= set(table.column_names) and (
+      "arm" not in table.column_names)
+
+
+def vertex_columns(table: pa.Table) -> pa.Table | None:
+  """Vertex AI request-response columns under the contract's names, the
+  NUMERIC request id as its exact decimal text; None where only the
+  per-record parser can tell."""
+  if not set(formats.VERTEX_COLUMNS) <= set(table.column_names):
+    return None
+  request_id = table["request_id"]
+  kind = request_id.type
+  if pa.types.is_decimal(kind) or pa.types.is_integer(kind):
+    request_id = pc.cast(request_id, pa.string())
+  elif not pa.types.is_string(kind) or not _all(
+      pc.match_substring_regex(request_id, _DECIMAL_PATTERN)):
+    return None
+  # As formats.decimal_text: no trailing zeros after the point, no "-0".
+  request_id = pc.replace_substring_regex(request_id, r"\.0+$", "")
+  request_id = pc.replace_substring_regex(request_id, r"(\.[0-9]*[1-9])0+$",
+                                          r"\1")
+  request_id = pc.replace_substring_regex(request_id, r"^-0$", "0")
+  logging_time = table["logging_time"]
+  if pa.types.is_string(logging_time.type):
+    logging_time = pc.replace_substring_regex(logging_time, " UTC$", "+00:00")
+  columns = {"request_id": request_id, "timestamp": logging_time,
+             "experiment_id": table["endpoint"],
+             "arm": table["deployed_model_id"]}
+  return pa.table(columns)
+
+
+_DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 def _row_json(row: dict) -> str:
@@ -214,9 +273,17 @@ def _epoch_seconds(micros) -> pa.Array:
 _EXACT_MICROS = 2**53
 
 
-def _fast_json(data: bytes, n_lines: int, record_type: str) -> pa.Table | None:
+def _json_fields(record_type: str, log_format: str):
+  """(fields, name of the timestamp field) the fast path reads."""
+  if _is_vertex(record_type, log_format):
+    return _VERTEX_JSON_FIELDS, "logging_time"
+  return _JSON_FIELDS[record_type], "timestamp"
+
+
+def _fast_json(data: bytes, n_lines: int, fields) -> pa.Table | None:
+  fields, timestamp = fields
   for ts_type in _TIMESTAMP_TYPES:
-    schema = pa.schema(_JSON_FIELDS[record_type] + [("timestamp", ts_type)])
+    schema = pa.schema(fields + [(timestamp, ts_type)])
     options = pa_json.ParseOptions(explicit_schema=schema,
                                    unexpected_field_behavior="ignore")
     try:
@@ -342,8 +409,9 @@ def _finish(normalized: pa.Table, record_type: str, raws,
   return normalized.cast(SCHEMAS[record_type])
 
 
-def _slow(raws: Iterable, record_type: str, source_file: str) -> BlockResult:
-  parse = contract.PARSERS[record_type]
+def _slow(raws: Iterable, record_type: str, source_file: str,
+          log_format: str = contract.AUTO) -> BlockResult:
+  parse = contract.parser(record_type, log_format)
   rows, rejected = [], []
   for raw in raws:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw

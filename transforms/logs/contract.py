@@ -10,7 +10,10 @@ Accepted formats, detected per record:
 - Seldon Core v1 feedback (`/api/v1.0/feedback` body), bare or wrapped in a
   structured-mode CloudEvent of type `io.seldon.serving.feedback`;
 - KServe inference-logger response events (structured-mode CloudEvent of type
-  `org.kubeflow.serving.inference.response`) as predictions.
+  `org.kubeflow.serving.inference.response`, v1 or v2 body) as predictions;
+- Vertex AI request-response logging rows and Open Inference Protocol
+  responses (KServe v2, Seldon Core v2 / MLServer) as predictions, their
+  fields mapped by `transforms.logs.formats`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import hmac
 import json
 import math
 from typing import Any
+
+from transforms.logs import formats
 
 PREDICTION = "prediction"
 FEEDBACK = "feedback"
@@ -228,13 +233,47 @@ def _is_cloud_event(obj: dict) -> bool:
   return obj.get("specversion") is not None and "data" in obj
 
 
+def _mapped_prediction(mapping, sources: dict, obj: dict) -> dict:
+  """A serving stack's record, its fields mapped by `formats`, then held to
+  the contract's rules; a dead letter names the record's own field."""
+  try:
+    fields = mapping(obj)
+  except formats.FormatError as error:
+    raise _Invalid(MISSING_FIELD if error.kind == "missing" else WRONG_TYPE,
+                   error.field) from None
+  try:
+    return _contract_prediction(
+        {name: value for name, value in fields.items() if value is not None})
+  except _Invalid as invalid:
+    reason, detail = invalid.rejected.reason, invalid.rejected.detail
+    raise _Invalid(reason, sources.get(detail, detail)) from None
+
+
+def _vertex_prediction(obj: dict) -> dict:
+  return _mapped_prediction(formats.vertex_fields, formats.VERTEX_SOURCES, obj)
+
+
 def parse_prediction(raw: bytes | str) -> dict | Rejected:
   """One prediction record -> normalized dict (PREDICTION_FIELDS) or Rejected."""
   try:
     obj = _load_object(raw)
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
       return _kserve_prediction(obj)
+    if formats.is_vertex_row(obj):
+      return _vertex_prediction(obj)
+    if formats.is_inference_response(obj):
+      return _mapped_prediction(formats.inference_response_fields,
+                                formats.INFERENCE_RESPONSE_SOURCES, obj)
     return _contract_prediction(obj)
+  except _Invalid as invalid:
+    return invalid.rejected
+
+
+def parse_vertex_prediction(raw: bytes | str) -> dict | Rejected:
+  """One Vertex AI request-response row (`--log_format vertex`) -> normalized
+  dict or Rejected; a record without its fields is missing them."""
+  try:
+    return _vertex_prediction(_load_object(raw))
   except _Invalid as invalid:
     return invalid.rejected
 
@@ -257,6 +296,18 @@ def parse_feedback(raw: bytes | str) -> dict | Rejected:
 
 
 PARSERS = {PREDICTION: parse_prediction, FEEDBACK: parse_feedback}
+
+# `--log_format`: AUTO detects each record's format; VERTEX reads predictions
+# as Vertex AI request-response rows only (feedback keeps the contract).
+AUTO = "auto"
+LOG_FORMATS = (AUTO, formats.VERTEX)
+
+
+def parser(record_type: str, log_format: str = AUTO):
+  """The per-record parser of a record type in a log format."""
+  if log_format == formats.VERTEX and record_type == PREDICTION:
+    return parse_vertex_prediction
+  return PARSERS[record_type]
 
 
 def pseudonymize(value: str, key: bytes) -> str:
