@@ -182,16 +182,17 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
   if len(set(table.column_names)) < table.num_columns:  # Which one counts?
     return _slow([_row_json(row) for row in table.to_pylist()], record_type,
                  source_file, log_format)
-  original = table
+  time_column = "timestamp"
   if record_type == contract.PREDICTION and (
       log_format == formats.VERTEX or _has_vertex_columns(table)):
-    log_format = formats.VERTEX
-    table = vertex_columns(table)
+    log_format, time_column = formats.VERTEX, "logging_time"
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
+  original = table = _with_timestamp_column(table, time_column)
+  if log_format == formats.VERTEX:
+    table = vertex_columns(table)
   normalized = None
   if table is not None:
-    table = _with_timestamp_column(table)
     normalized = _normalize(table, record_type)
   if normalized is not None:
     raws = None
@@ -246,17 +247,17 @@ def _row_json(row: dict) -> str:
   return json.dumps(row, default=str, separators=(",", ":"))
 
 
-def _with_timestamp_column(table: pa.Table) -> pa.Table:
-  if "timestamp" in table.column_names and pa.types.is_timestamp(
-      table.schema.field("timestamp").type):
+def _with_timestamp_column(table: pa.Table,
+                           name: str = "timestamp") -> pa.Table:
+  if name in table.column_names and pa.types.is_timestamp(
+      table.schema.field(name).type):
     # The stored integers in the column's unit (UTC, or read as UTC): no
     # unit conversion that could overflow; out-of-range values stay so.
-    column = table["timestamp"]
+    column = table[name]
     units = pc.cast(column, pa.int64())
     per_second = _UNITS_PER_SECOND[column.type.unit]
     seconds = pc.divide(pc.cast(units, pa.float64(), safe=False), per_second)
-    return table.set_column(table.column_names.index("timestamp"), "timestamp",
-                            seconds)
+    return table.set_column(table.column_names.index(name), name, seconds)
   return table
 
 
