@@ -222,9 +222,11 @@ def vertex_columns(table: pa.Table) -> pa.Table | None:
   request_id = table["request_id"]
   kind = request_id.type
   if pa.types.is_decimal(kind) or pa.types.is_integer(kind):
+    # Arrow writes values below 1e-6 as "1E-9": those take the contract.
     request_id = pc.cast(request_id, pa.string())
-  elif not pa.types.is_string(kind) or not _all(
-      pc.match_substring_regex(request_id, _DECIMAL_PATTERN)):
+  if not pa.types.is_string(request_id.type) or not _all(
+      pc.or_kleene(pc.is_null(request_id), pc.match_substring_regex(
+          request_id, _DECIMAL_PATTERN))):
     return None
   # As formats.decimal_text: no trailing zeros after the point, no "-0".
   request_id = pc.replace_substring_regex(request_id, r"\.0+$", "")

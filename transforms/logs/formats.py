@@ -45,7 +45,8 @@ class FormatError(ValueError):
 
 
 def is_vertex_row(obj: dict) -> bool:
-  return "deployed_model_id" in obj and "logging_time" in obj
+  return "logging_time" in obj and (
+      "deployed_model_id" in obj or "endpoint" in obj)
 
 
 def is_inference_response(obj: dict) -> bool:
