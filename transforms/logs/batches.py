@@ -9,6 +9,7 @@ dead-letter reason. Both paths produce the same normalized columns.
 
 from __future__ import annotations
 
+import decimal
 import io
 import json
 from typing import Iterable
@@ -246,7 +247,13 @@ _DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 def _row_json(row: dict) -> str:
-  return json.dumps(row, default=str, separators=(",", ":"))
+  return json.dumps(row, default=_json_value, separators=(",", ":"))
+
+
+def _json_value(value) -> str:
+  if isinstance(value, decimal.Decimal):
+    return format(value, "f")  # Plain digits (BigQuery NUMERIC), never 1E-9.
+  return str(value)
 
 
 def _with_timestamp_column(table: pa.Table,
