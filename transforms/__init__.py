@@ -15,6 +15,7 @@ the core; tests/test_architecture.py holds both rules.
 PURE_CORE = (
     "transforms.logs.contract",
     "transforms.logs.batches",
+    "transforms.logs.formats",
     "transforms.attribution.rewards",
     "transforms.decisions.stats",
     "transforms.decisions.router_state",

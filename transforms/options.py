@@ -146,7 +146,8 @@ LOG_SOURCE_OPTIONS = (
            "Prediction logs in a BigQuery table PROJECT:DATASET.TABLE, read "
            "with the Storage Read API; only rows of the run's "
            "--partition_date (UTC) by their timestamp column.",
-           "Prediction log table", regexes=(TABLE_REGEX,)),
+           "Prediction log table", param_type="BIGQUERY_TABLE",
+           regexes=(TABLE_REGEX,)),
     Option("predictions_query",
            "Prediction logs as a BigQuery standard-SQL query (e.g. one day of "
            "logging_time); its result is read with the Storage Read API.",
@@ -154,7 +155,8 @@ LOG_SOURCE_OPTIONS = (
     Option("feedback_table",
            "Feedback logs in a BigQuery table PROJECT:DATASET.TABLE; only "
            "rows of the run's --partition_date (UTC).",
-           "Feedback log table", regexes=(TABLE_REGEX,)),
+           "Feedback log table", param_type="BIGQUERY_TABLE",
+           regexes=(TABLE_REGEX,)),
     Option("feedback_query",
            "Feedback logs as a BigQuery standard-SQL query.",
            "Feedback log query"),
