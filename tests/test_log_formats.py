@@ -5,6 +5,7 @@ run through the batch pipeline; malformed records are dead-lettered."""
 import collections
 import json
 import pathlib
+import re
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -178,3 +179,25 @@ def test_seldon_route_header_beats_model_name_and_case_is_ignored():
   response["experiment_id"] = "ab"
   assert contract.parse_prediction(json.dumps(response))[
       "experiment_id"] == "ab"
+
+
+def doc_examples():
+  """(record type, expected fields, record) of each example in the doc."""
+  text = (pathlib.Path(__file__).parent.parent / "docs" /
+          "log-sources.md").read_text()
+  found = re.findall(r"<!-- tested: (\w+) (.*?) -->\n```json\n(.*?)\n```",
+                     text)
+  return [(record_type, dict(pair.split("=", 1) for pair in fields.split()),
+           record) for record_type, fields, record in found]
+
+
+def test_the_doc_has_an_example_for_every_stack():
+  assert len(doc_examples()) == 6
+
+
+@pytest.mark.parametrize("record_type,expected,record", doc_examples())
+def test_each_doc_example_parses_to_what_the_doc_says(record_type, expected,
+                                                      record):
+  parsed = contract.PARSERS[record_type](record)
+  assert not isinstance(parsed, contract.Rejected), parsed
+  assert {name: parsed[name] for name in expected} == expected
