@@ -39,9 +39,14 @@ def read_client(emulator_grpc_host: str | None = None
     return bigquery_storage_v1.BigQueryReadClient()
   import grpc  # pylint: disable=import-outside-toplevel
   from google.cloud.bigquery_storage_v1.services.big_query_read import transports  # pylint: disable=import-outside-toplevel
+  # No message size limit, as the client's own channel to BigQuery: a
+  # response carries a whole Arrow record batch (the emulator's: 65,536 rows).
+  unlimited = [("grpc.max_send_message_length", -1),
+               ("grpc.max_receive_message_length", -1)]
   return bigquery_storage_v1.BigQueryReadClient(
       transport=transports.BigQueryReadGrpcTransport(
-          channel=grpc.insecure_channel(emulator_grpc_host)))
+          channel=grpc.insecure_channel(emulator_grpc_host,
+                                        options=unlimited)))
 
 
 def table_reference(spec: str, project: str | None = None

@@ -189,7 +189,8 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
     log_format, time_column = formats.VERTEX, "logging_time"
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
-  original = table = _with_timestamp_column(table, time_column)
+  original = table = _request_ids_as_text(
+      _with_timestamp_column(table, time_column))
   if log_format == formats.VERTEX:
     table = vertex_columns(table)
   normalized = None
@@ -221,29 +222,49 @@ def vertex_columns(table: pa.Table) -> pa.Table | None:
   if not set(formats.VERTEX_COLUMNS) <= set(table.column_names):
     return None
   request_id = table["request_id"]
-  kind = request_id.type
-  if pa.types.is_decimal(kind) or pa.types.is_integer(kind):
-    # Arrow writes values below 1e-6 as "1E-9": those take the contract.
+  if pa.types.is_integer(request_id.type):
     request_id = pc.cast(request_id, pa.string())
   if not pa.types.is_string(request_id.type) or not _all(
       pc.or_kleene(pc.is_null(request_id), pc.match_substring_regex(
           request_id, _DECIMAL_PATTERN))):
     return None
-  # As formats.decimal_text: no trailing zeros after the point, no "-0".
-  request_id = pc.replace_substring_regex(request_id, r"\.0+$", "")
-  request_id = pc.replace_substring_regex(request_id, r"(\.[0-9]*[1-9])0+$",
-                                          r"\1")
-  request_id = pc.replace_substring_regex(request_id, r"^-0$", "0")
   logging_time = table["logging_time"]
   if pa.types.is_string(logging_time.type):
     logging_time = pc.replace_substring_regex(logging_time, " UTC$", "+00:00")
-  columns = {"request_id": request_id, "timestamp": logging_time,
-             "experiment_id": table["endpoint"],
+  columns = {"request_id": _without_trailing_zeros(request_id),
+             "timestamp": logging_time, "experiment_id": table["endpoint"],
              "arm": table["deployed_model_id"]}
   return pa.table(columns)
 
 
 _DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+def _without_trailing_zeros(decimals):
+  """As formats.decimal_text: no trailing zeros after the point, no "-0"."""
+  decimals = pc.replace_substring_regex(decimals, r"\.0+$", "")
+  decimals = pc.replace_substring_regex(decimals, r"(\.[0-9]*[1-9])0+$",
+                                        r"\1")
+  return pc.replace_substring_regex(decimals, r"^-0$", "0")
+
+
+def _request_ids_as_text(table: pa.Table) -> pa.Table:
+  """A NUMERIC request_id column (BigQuery) -> its exact decimal text, as
+  prediction and feedback tables must agree on it whatever their types."""
+  if "request_id" not in table.column_names or not pa.types.is_decimal(
+      table.schema.field("request_id").type):
+    return table
+  column = table["request_id"]
+  text = pc.cast(column, pa.string())
+  if _all(pc.or_kleene(pc.is_null(text),
+                       pc.match_substring_regex(text, _DECIMAL_PATTERN))):
+    text = _without_trailing_zeros(text)
+  else:  # Arrow writes values below 1e-6 as "1E-9".
+    text = pa.array([None if value is None else
+                     formats.decimal_text(format(value, "f"))
+                     for value in column.to_pylist()], pa.string())
+  return table.set_column(table.column_names.index("request_id"),
+                          "request_id", text)
 
 
 def _row_json(row: dict) -> str:
