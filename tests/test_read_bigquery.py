@@ -199,3 +199,31 @@ def test_day_restriction_is_one_utc_day():
   assert read_bigquery.day_restriction("logging_time", "2026-12-31") == (
       "`logging_time` >= TIMESTAMP '2026-12-31 00:00:00+00' AND "
       "`logging_time` < TIMESTAMP '2027-01-01 00:00:00+00'")
+
+
+def test_a_table_larger_than_grpcs_default_message_is_read(bq_emulator,
+                                                            tmp_path):
+  """Storage Read messages past gRPC's default limit (4 MiB) are read."""
+  emulator, project = bq_emulator
+  client = bigquery.bigquery_client(project, emulator.host)
+  # The emulator sends its stored chunks (30,720 rows here) a message each:
+  # long request ids make them about 5 MB.
+  rows, padding = 40_000, "x" * 200
+  load_table(client, project, "logs_large", "predictions",
+             PREDICTION_COLUMNS[:4], [
+                 {"request_id": f"{padding}-{i}", "timestamp": at(43_200),
+                  "experiment_id": "homepage-ranker",
+                  "arm": "control" if i % 2 == 0 else "candidate"}
+                 for i in range(rows)])
+  feedback = write_lines(tmp_path / "f.jsonl", [
+      {"request_id": f"{padding}-2", "timestamp": at(43_300), "reward": 1.0}])
+  reward_batch.run([
+      f"--predictions_table={project}:logs_large.predictions",
+      f"--feedback={feedback}", f"--partition_date={DAY}",
+      "--runner=FnApiRunner", f"--bigquery_emulator_host={emulator.host}",
+      f"--bigquery_emulator_grpc_host={emulator.grpc_host}",
+      f"--output_dir={tmp_path / 'out'}"])
+  arms = [json.loads(r) for r in outputs(tmp_path / "out", "arm_stats")]
+  assert sorted((a["arm"], a["impressions"], a["reward_sum"])
+                for a in arms) == [("candidate", rows // 2, 0.0),
+                                   ("control", rows // 2, 1.0)]
