@@ -185,7 +185,8 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
                  source_file, log_format)
   time_column = "timestamp"
   if record_type == contract.PREDICTION and (
-      log_format == formats.VERTEX or _has_vertex_columns(table)):
+      log_format == formats.VERTEX or formats.is_vertex_table(
+          table.column_names)):
     log_format, time_column = formats.VERTEX, "logging_time"
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
@@ -208,11 +209,6 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
 
 def _is_vertex(record_type: str, log_format: str) -> bool:
   return record_type == contract.PREDICTION and log_format == formats.VERTEX
-
-
-def _has_vertex_columns(table: pa.Table) -> bool:
-  return set(formats.VERTEX_COLUMNS) <= set(table.column_names) and (
-      "arm" not in table.column_names)
 
 
 def vertex_columns(table: pa.Table) -> pa.Table | None:

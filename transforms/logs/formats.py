@@ -49,6 +49,11 @@ def is_vertex_row(obj: dict) -> bool:
       "deployed_model_id" in obj or "endpoint" in obj)
 
 
+def is_vertex_table(columns) -> bool:
+  """Whether a table (BigQuery, Parquet) holds Vertex AI rows, by its columns."""
+  return set(VERTEX_COLUMNS) <= set(columns) and "arm" not in columns
+
+
 def is_inference_response(obj: dict) -> bool:
   """An Open Inference Protocol response: `model_name` and `outputs`, and
   none of our contract's own fields."""

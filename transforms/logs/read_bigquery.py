@@ -56,8 +56,7 @@ def timestamp_column(record_type: str, log_format: str,
                      columns: list[str]) -> str:
   """The column a table's day restriction applies to."""
   if record_type == contract.PREDICTION and (
-      log_format == formats.VERTEX or set(formats.VERTEX_COLUMNS) <= set(
-          columns)):
+      log_format == formats.VERTEX or formats.is_vertex_table(columns)):
     return "logging_time"
   return "timestamp"
 
