@@ -212,3 +212,26 @@ def test_each_doc_example_parses_to_what_the_doc_says(record_type, expected,
   parsed = contract.PARSERS[record_type](record)
   assert not isinstance(parsed, contract.Rejected), parsed
   assert {name: parsed[name] for name in expected} == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0.1", {None: 0.1}), ("1", {None: 1.0}),
+    ("projects/1/locations/x/endpoints/42=0.25,e2=1",
+     {"projects/1/locations/x/endpoints/42": 0.25, "e2": 1.0}), (None, {})])
+def test_sampling_rates(text, expected):
+  from transforms import options as opts
+  assert opts.parse_sampling_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "e=0", "e=2"])
+def test_sampling_rates_outside_zero_to_one_are_refused(text):
+  from transforms import options as opts
+  with pytest.raises(ValueError, match="not in"):
+    opts.parse_sampling_rate(text)
+
+
+def test_a_run_without_any_feedback_source_says_so(tmp_path):
+  with pytest.raises(ValueError, match="required: --feedback, "
+                     "--feedback_table or --feedback_query"):
+    reward_batch.run([f"--predictions={fixture('vertex_predictions.jsonl')}",
+                      f"--output_dir={tmp_path}"])
