@@ -14,6 +14,7 @@ from google.api_core import client_options
 from google.auth import credentials as auth_credentials
 from google.cloud import bigquery
 from google.cloud import bigquery_storage_v1
+import pyarrow as pa
 
 from transforms.io import schemas
 
@@ -69,9 +70,10 @@ def query_destination(client: bigquery.Client,
 def open_read_session(client: bigquery_storage_v1.BigQueryReadClient,
                       table: bigquery.TableReference, billing_project: str,
                       row_restriction: str | None = None,
-                      max_streams: int = 0) -> list[str]:
-  """A Storage Read session over `table` in Arrow format: its stream names
-  (none when no row qualifies). max_streams 0 lets BigQuery choose."""
+                      max_streams: int = 0) -> tuple[bytes, list[str]]:
+  """A Storage Read session over `table` in Arrow format: its serialized
+  Arrow schema and stream names (none when no row qualifies). max_streams 0
+  lets BigQuery choose."""
   types = bigquery_storage_v1.types
   requested = types.ReadSession(
       table=(f"projects/{table.project}/datasets/{table.dataset_id}"
@@ -82,14 +84,19 @@ def open_read_session(client: bigquery_storage_v1.BigQueryReadClient,
   session = client.create_read_session(
       parent=f"projects/{billing_project}", read_session=requested,
       max_stream_count=max_streams)
-  return [stream.name for stream in session.streams]
+  return (session.arrow_schema.serialized_schema,
+          [stream.name for stream in session.streams])
 
 
 def read_stream_batches(client: bigquery_storage_v1.BigQueryReadClient,
-                        stream: str):
-  """The Arrow record batches of one read stream, as BigQuery sends them."""
-  for page in client.read_rows(stream).rows().pages:
-    yield page.to_arrow()
+                        stream: str, serialized_schema: bytes):
+  """The Arrow record batches of one read stream, as BigQuery sends them
+  (the client resumes a broken stream where it stopped)."""
+  schema = pa.ipc.read_schema(pa.py_buffer(serialized_schema))
+  for response in client.read_rows(stream):
+    yield pa.ipc.read_record_batch(
+        pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
+        schema)
 
 
 class EmulatorClient:

@@ -62,7 +62,8 @@ def timestamp_column(record_type: str, log_format: str,
 
 
 class _OpenReadSession(beam.DoFn):
-  """The logs' source -> the streams of one Storage Read session over it."""
+  """The logs' source -> (stream, Arrow schema) of one Storage Read session
+  over it."""
 
   def __init__(self, record_type: str, log_format: str):
     self._record_type = record_type
@@ -82,9 +83,11 @@ class _OpenReadSession(beam.DoFn):
         row_restriction = day_restriction(
             timestamp_column(self._record_type, self._log_format, columns),
             source.day)
-    yield from bigquery.open_read_session(
+    schema, streams = bigquery.open_read_session(
         bigquery.read_client(source.emulator_grpc_host), table,
         source.project or table.project, row_restriction)
+    for stream in streams:
+      yield stream, schema
 
 
 class _ReadStream(beam.DoFn):
@@ -101,8 +104,9 @@ class _ReadStream(beam.DoFn):
   def setup(self):
     self._client = bigquery.read_client(self._emulator_grpc_host)
 
-  def process(self, stream: str):
-    for batch in bigquery.read_stream_batches(self._client, stream):
+  def process(self, stream_and_schema: tuple[str, bytes]):
+    stream, schema = stream_and_schema
+    for batch in bigquery.read_stream_batches(self._client, stream, schema):
       result = batches.parse_arrow_batch(batch, self._record_type,
                                          self._label, self._log_format)
       yield from quality.emit_block(self._record_type, self._label, result,
