@@ -186,13 +186,13 @@ def test_a_query_reads_what_it_selects(bq_emulator, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags", [
-    ["--predictions=p.jsonl", "--predictions_table=p:d.t"],
-    ["--feedback_table=p:d.t", "--feedback_query=SELECT 1"]])
+    ["--predictions=p.jsonl", "--predictions_table=p:d.t",
+     "--feedback=f.jsonl"],
+    ["--predictions=p.jsonl", "--feedback_table=p:d.t",
+     "--feedback_query=SELECT 1"]])
 def test_two_sources_for_one_log_are_refused(tmp_path, flags):
   with pytest.raises(ValueError, match="give one of"):
-    reward_batch.run(flags + ["--feedback=f.jsonl" if "--feedback_table"
-                              not in flags[0] else "--predictions=p.jsonl",
-                              f"--output_dir={tmp_path}"])
+    reward_batch.run(flags + [f"--output_dir={tmp_path}"])
 
 
 def test_day_restriction_is_one_utc_day():
