@@ -32,7 +32,8 @@ DEFAULT_PORT = 9050
 _PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def serve(project: str, port: int, data_dir: str | None = None) -> None:
+def serve(project: str, port: int, data_dir: str | None = None,
+          grpc_port: int = 0) -> None:
   """Runs the emulator in this process until SIGINT or SIGTERM."""
   from bqemulator import config
   from bqemulator import server
@@ -54,7 +55,8 @@ def serve(project: str, port: int, data_dir: str | None = None) -> None:
   engine.DuckDBEngine.connection = property(connection_of_this_thread)
   settings = config.Settings(
       rest_port=port,
-      grpc_port=0,  # The Storage APIs (gRPC) are not used: any free port.
+      grpc_host="127.0.0.1",
+      grpc_port=grpc_port,  # The Storage Read API (0: any free port).
       default_project_id=project,
       enable_format_extensions=False,
       persistence_mode=(config.PersistenceMode.PERSISTENT if data_dir
@@ -68,10 +70,14 @@ class Emulator(local_service.LocalService):
 
   name = "bqemulator"
 
-  def __init__(self, project: str, port: int, process, log_path: str):
+  def __init__(self, project: str, port: int, grpc_port: int, process,
+               log_path: str):
     super().__init__(port, process, log_path)
     self.project = project
     self.host = f"http://127.0.0.1:{port}"
+    self.grpc_port = grpc_port
+    # The Storage Read API, plain gRPC (no TLS): `transforms.io.bigquery.read_client`.
+    self.grpc_host = f"127.0.0.1:{grpc_port}"
 
 
 def start_emulator(project: str = DEFAULT_PROJECT,
@@ -89,12 +95,15 @@ def start_emulator(project: str = DEFAULT_PROJECT,
     timeout: seconds to wait for the emulator to be ready.
   """
   port = port or local_service.free_port()
+  grpc_port = local_service.free_port()
   command = [sys.executable, "-m", "emulators.bq_emulator",
-             "--project", project, "--port", str(port)]
+             "--project", project, "--port", str(port),
+             "--grpc-port", str(grpc_port)]
   if data_dir:
     command += ["--data-dir", str(data_dir)]
   return local_service.start(
-      lambda process, log: Emulator(project, port, process, log), command,
+      lambda process, log: Emulator(project, port, grpc_port, process, log),
+      command,
       f"http://127.0.0.1:{port}/readyz", log_path, timeout, env=_child_env())
 
 
@@ -111,10 +120,12 @@ def main(argv=None) -> None:
       description="Run a local BigQuery emulator (offline) in the foreground.")
   parser.add_argument("--project", default=DEFAULT_PROJECT)
   parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+  parser.add_argument("--grpc-port", type=int, default=0,
+                      help="port of the Storage Read API (gRPC); 0: any free")
   parser.add_argument("--data-dir", default=None,
                       help="keep the data in a DuckDB file in this directory")
   args = parser.parse_args(argv)
-  serve(args.project, args.port, args.data_dir)
+  serve(args.project, args.port, args.data_dir, args.grpc_port)
 
 
 if __name__ == "__main__":

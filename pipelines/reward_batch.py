@@ -8,6 +8,10 @@ r"""Batch reward aggregation: serving logs in, per-arm rewards and statistics ou
 Run locally:
   python -m pipelines.reward_batch --predictions 'logs/predictions*.jsonl' \
       --feedback 'logs/feedback*.jsonl' --output_dir out/
+or from BigQuery (one day of each table; docs/log-sources.md):
+  python -m pipelines.reward_batch --project P --partition_date 2026-12-01 \
+      --predictions_table P:logs.request_response_logging --log_format vertex \
+      --feedback_table P:logs.conversions --output_dataset P:online_eval
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from transforms.attribution import rewards
 from transforms.io import schemas
 from transforms.io import sinks
 from transforms.attribution.attribution import AttributeRewards
-from transforms.logs.read_logs import ReadLogs
+from transforms.logs import sources as log_sources
 
 
 class RewardBatchOptions(PipelineOptions):
@@ -35,12 +39,14 @@ class RewardBatchOptions(PipelineOptions):
   INPUT_OPTIONS = (
       opts.Option("predictions",
                   "Prediction logs: file pattern (JSONL, .gz or Parquet; local "
-                  "or gs://). Without it, feedback must carry experiment_id "
-                  "and arm.", "Prediction log files",
+                  "or gs://). Without it (or --predictions_table/_query), "
+                  "feedback must carry experiment_id and arm.",
+                  "Prediction log files",
                   param_type="GCS_READ_FILE"),
       opts.Option("feedback", "Feedback logs: file pattern (JSONL, .gz or "
-                  "Parquet; local or gs://).", "Feedback log files",
-                  param_type="GCS_READ_FILE", required=True),
+                  "Parquet; local or gs://). Required unless "
+                  "--feedback_table or --feedback_query is given.",
+                  "Feedback log files", param_type="GCS_READ_FILE"),
       opts.Option("join_shards", "Number of request-id shards the join is "
                   "spread over.", "Join shards", type=int, default=32,
                   regexes=(r"^[0-9]+$",)),
@@ -67,7 +73,8 @@ class StatisticsOptions(PipelineOptions):
     opts.add_options(parser, opts.STATISTICS_OPTIONS)
 
 
-OPTION_CLASSES = (RewardBatchOptions, AttributionOptions, StatisticsOptions,
+OPTION_CLASSES = (RewardBatchOptions, opts.LogSourceOptions,
+                  AttributionOptions, StatisticsOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
@@ -94,23 +101,27 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
 class RewardAggregation(beam.PTransform):
   """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
 
-  def __init__(self, predictions: str | None, feedback: str,
+  def __init__(self, predictions: str | log_sources.LogSource | None,
+               feedback: str | log_sources.LogSource,
                attribution: rewards.AttributionConfig,
-               statistics: arm_table.StatisticsConfig, join_shards: int = 32):
+               statistics: arm_table.StatisticsConfig, join_shards: int = 32,
+               sampling_rates: dict | None = None):
+    """predictions, feedback: file patterns, or where the logs are."""
     super().__init__()
-    self._predictions = predictions
-    self._feedback = feedback
+    self._predictions = _log_source(predictions)
+    self._feedback = _log_source(feedback)
     self._attribution = attribution
     self._statistics = statistics
     self._join_shards = join_shards
+    self._sampling_rates = sampling_rates
 
   def expand(self, pbegin):
-    feedback = pbegin | "ReadFeedback" >> ReadLogs(self._feedback,
-                                                    contract.FEEDBACK)
+    feedback = pbegin | "ReadFeedback" >> log_sources.ReadLogSource(
+        self._feedback, contract.FEEDBACK)
     reads = [feedback]
     predictions = None
     if self._predictions:
-      predictions = pbegin | "ReadPredictions" >> ReadLogs(
+      predictions = pbegin | "ReadPredictions" >> log_sources.ReadLogSource(
           self._predictions, contract.PREDICTION)
       reads.append(predictions)
     tables = {"feedback": feedback.records}
@@ -125,8 +136,13 @@ class RewardAggregation(beam.PTransform):
     dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
                     [attributed[quality.DEAD_LETTER]]
                     | "FlattenDeadLetters" >> beam.Flatten())
+    estimated = []
+    if predictions and self._sampling_rates:
+      estimated.append(predictions.records
+                       | "EstimatedRequests" >> log_sources.EstimatedRequests(
+                           self._sampling_rates))
     counts = ([r[quality.COUNTS] for r in reads] +
-              [attributed[quality.COUNTS]]
+              [attributed[quality.COUNTS]] + estimated
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
     return {"arm_stats": statistics.arm_stats,
@@ -134,18 +150,33 @@ class RewardAggregation(beam.PTransform):
             "dead_letter": dead_letters, "data_quality": counts}
 
 
+def _log_source(source):
+  if isinstance(source, str):
+    return log_sources.LogSource(files=source)
+  return source
+
+
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
-  opts.check_required(inputs, RewardBatchOptions.INPUT_OPTIONS)
   output = sinks.OutputConfig.from_options(pipeline_options)
+  sources = log_sources.log_sources(pipeline_options, output.partition_date,
+                                    predictions=inputs.predictions,
+                                    feedback=inputs.feedback)
+  if sources["feedback"] is None:
+    raise ValueError("required: --feedback, --feedback_table or "
+                     "--feedback_query")
+  sampling_rates = opts.parse_sampling_rate(
+      pipeline_options.view_as(opts.LogSourceOptions).sampling_rate)
   sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
                                 replace_partition=True)
   _ = (pipeline
        | "RewardAggregation" >> RewardAggregation(
-           inputs.predictions, inputs.feedback,
-           attribution_config(pipeline_options, bool(inputs.predictions)),
-           statistics_config(pipeline_options), inputs.join_shards)
+           sources["predictions"], sources["feedback"],
+           attribution_config(pipeline_options,
+                              sources["predictions"] is not None),
+           statistics_config(pipeline_options), inputs.join_shards,
+           sampling_rates)
        | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
 
 

@@ -123,3 +123,19 @@ def test_batch_inference_reads_a_bigquery_table_offline():
       features_table="my-project:features.daily")).run().job
   assert "BatchInference/ReadFeatures/ReadTable" in check_job(
       "batch_inference", job)
+
+
+@pytest.mark.parametrize("log_format", ["auto", "vertex"])
+def test_batch_job_reads_its_logs_from_bigquery_offline(log_format):
+  """Tables and queries are opened when the job runs, not when it is built."""
+  job = main.build_pipeline("reward_batch", arguments(
+      "reward_batch", predictions=None, feedback=None,
+      predictions_table="my-project:vertex_logs.request_response_logging",
+      feedback_query="SELECT request_id, timestamp, reward FROM "
+                     "`my-project.crm.conversions`",
+      log_format=log_format, sampling_rate="0.2")).run().job
+  transforms = check_job("reward_batch", job)
+  for read in ("ReadPredictions", "ReadFeedback"):
+    for step in ("OpenReadSession", "ReadStreams"):
+      assert f"RewardAggregation/{read}/ReadBigQuery/{step}" in transforms
+  assert "RewardAggregation/EstimatedRequests/Scale" in transforms

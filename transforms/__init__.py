@@ -16,6 +16,7 @@ PURE_CORE = (
     "transforms.logs.contract",
     "transforms.logs.cloudevents",
     "transforms.logs.batches",
+    "transforms.logs.formats",
     "transforms.attribution.rewards",
     "transforms.decisions.stats",
     "transforms.decisions.router_state",

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 DATASET_REGEX = r"^[A-Za-z0-9_.:-]+:[A-Za-z0-9_]+$|^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+$"
 DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
+TABLE_REGEX = r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,61 @@ STATISTICS_OPTIONS = (
 )
 
 
+# Logs kept in BigQuery instead of files (transforms/logs/sources.py): any
+# pipeline reading predictions or feedback adds LogSourceOptions.
+LOG_SOURCE_OPTIONS = (
+    Option("predictions_table",
+           "Prediction logs in a BigQuery table PROJECT:DATASET.TABLE, read "
+           "with the Storage Read API; only rows of the run's "
+           "--partition_date (UTC) by their timestamp column.",
+           "Prediction log table", param_type="BIGQUERY_TABLE",
+           regexes=(TABLE_REGEX,)),
+    Option("predictions_query",
+           "Prediction logs as a BigQuery standard-SQL query (e.g. one day of "
+           "logging_time); its result is read with the Storage Read API.",
+           "Prediction log query"),
+    Option("feedback_table",
+           "Feedback logs in a BigQuery table PROJECT:DATASET.TABLE; only "
+           "rows of the run's --partition_date (UTC).",
+           "Feedback log table", param_type="BIGQUERY_TABLE",
+           regexes=(TABLE_REGEX,)),
+    Option("feedback_query",
+           "Feedback logs as a BigQuery standard-SQL query.",
+           "Feedback log query"),
+    Option("log_format",
+           "Format of the prediction logs: auto (detected per record: our "
+           "contract, KServe, Open Inference Protocol, Vertex AI rows) or "
+           "vertex (Vertex AI request-response logging rows only, read "
+           "column-wise).", "Prediction log format", default="auto",
+           choices=("auto", "vertex")),
+    Option("sampling_rate",
+           "Fraction of requests the serving stack logged (a Vertex AI "
+           "endpoint's sampling_rate): one number, or ENDPOINT=RATE,... per "
+           "experiment; data_quality then carries each experiment's "
+           "estimated_requests.", "Logging sampling rate",
+           regexes=(r"^[0-9.]+$|^([^=,]+=[0-9.]+)(,[^=,]+=[0-9.]+)*$",)),
+    Option("bigquery_emulator_grpc_host",
+           "Storage Read API (plain gRPC, HOST:PORT) of a local BigQuery "
+           "emulator, to read log tables from it (queries go to "
+           "--bigquery_emulator_host).", "BigQuery emulator read endpoint"),
+)
+
+
+def parse_sampling_rate(text: str | None) -> dict[str | None, float]:
+  """"0.1" -> {None: 0.1} (every experiment); "e1=0.1,e2=1" -> per experiment."""
+  if not text:
+    return {}
+  if "=" not in text:
+    rates = {None: float(text)}
+  else:
+    rates = parse_allocation(text)
+  for experiment, rate in rates.items():
+    if not 0.0 < rate <= 1.0:
+      raise ValueError(f"sampling rate of {experiment or 'every experiment'} "
+                       f"not in (0, 1]: {rate}")
+  return rates
+
+
 def parse_pipeline_options(argv, option_classes, description: str,
                            **overrides) -> PipelineOptions:
   """The PipelineOptions of a command line. `--help` lists the pipeline's own
@@ -184,6 +240,14 @@ class OutputPipelineOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, OUTPUT_OPTIONS)
+
+
+class LogSourceOptions(PipelineOptions):
+  """Prediction and feedback logs in BigQuery, and their format."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, LOG_SOURCE_OPTIONS)
 
 
 class OutputFileOptions(PipelineOptions):

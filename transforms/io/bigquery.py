@@ -1,4 +1,5 @@
-"""BigQuery I/O helpers: clients, table set-up, partition clean-up, read-back.
+"""BigQuery I/O helpers: clients, table set-up, partition clean-up, read-back,
+Storage Read API sessions.
 
 Work the same against real BigQuery and the local emulator
 (`emulators.bq_emulator`); no Beam.
@@ -12,6 +13,8 @@ from typing import Iterable
 from google.api_core import client_options
 from google.auth import credentials as auth_credentials
 from google.cloud import bigquery
+from google.cloud import bigquery_storage_v1
+import pyarrow as pa
 
 from transforms.io import schemas
 
@@ -27,6 +30,73 @@ def bigquery_client(project: str,
       project=project,
       credentials=auth_credentials.AnonymousCredentials(),
       client_options=client_options.ClientOptions(api_endpoint=emulator_host))
+
+
+def read_client(emulator_grpc_host: str | None = None
+               ) -> bigquery_storage_v1.BigQueryReadClient:
+  """A Storage Read API client of real BigQuery (Application Default
+  Credentials), or of the emulator's plain-gRPC port ("127.0.0.1:PORT")."""
+  if emulator_grpc_host is None:
+    return bigquery_storage_v1.BigQueryReadClient()
+  import grpc  # pylint: disable=import-outside-toplevel
+  from google.cloud.bigquery_storage_v1.services.big_query_read import transports  # pylint: disable=import-outside-toplevel
+  # No message size limit, as the client's own channel to BigQuery: a
+  # response carries a whole Arrow record batch (the emulator's: 65,536 rows).
+  unlimited = [("grpc.max_send_message_length", -1),
+               ("grpc.max_receive_message_length", -1)]
+  return bigquery_storage_v1.BigQueryReadClient(
+      transport=transports.BigQueryReadGrpcTransport(
+          channel=grpc.insecure_channel(emulator_grpc_host,
+                                        options=unlimited)))
+
+
+def table_reference(spec: str, project: str | None = None
+                    ) -> bigquery.TableReference:
+  """"PROJECT:DATASET.TABLE", "PROJECT.DATASET.TABLE" or (with `project`)
+  "DATASET.TABLE" -> a table reference."""
+  return bigquery.TableReference.from_string(spec.replace(":", ".", 1),
+                                             default_project=project)
+
+
+def query_destination(client: bigquery.Client,
+                      query: str) -> bigquery.TableReference:
+  """Runs a standard-SQL query; the (temporary) table holding its result."""
+  job = client.query(query, job_config=bigquery.QueryJobConfig(
+      use_legacy_sql=False))
+  job.result()
+  return job.destination
+
+
+def open_read_session(client: bigquery_storage_v1.BigQueryReadClient,
+                      table: bigquery.TableReference, billing_project: str,
+                      row_restriction: str | None = None,
+                      max_streams: int = 0) -> tuple[bytes, list[str]]:
+  """A Storage Read session over `table` in Arrow format: its serialized
+  Arrow schema and stream names (none when no row qualifies). max_streams 0
+  lets BigQuery choose."""
+  types = bigquery_storage_v1.types
+  requested = types.ReadSession(
+      table=(f"projects/{table.project}/datasets/{table.dataset_id}"
+             f"/tables/{table.table_id}"),
+      data_format=types.DataFormat.ARROW)
+  if row_restriction:
+    requested.read_options.row_restriction = row_restriction
+  session = client.create_read_session(
+      parent=f"projects/{billing_project}", read_session=requested,
+      max_stream_count=max_streams)
+  return (session.arrow_schema.serialized_schema,
+          [stream.name for stream in session.streams])
+
+
+def read_stream_batches(client: bigquery_storage_v1.BigQueryReadClient,
+                        stream: str, serialized_schema: bytes):
+  """The Arrow record batches of one read stream, as BigQuery sends them
+  (the client resumes a broken stream where it stopped)."""
+  schema = pa.ipc.read_schema(pa.py_buffer(serialized_schema))
+  for response in client.read_rows(stream):
+    yield pa.ipc.read_record_batch(
+        pa.py_buffer(response.arrow_record_batch.serialized_record_batch),
+        schema)
 
 
 class EmulatorClient:

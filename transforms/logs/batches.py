@@ -9,6 +9,7 @@ dead-letter reason. Both paths produce the same normalized columns.
 
 from __future__ import annotations
 
+import decimal
 import io
 import json
 from typing import Iterable
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from transforms.logs import contract
+from transforms.logs import formats
 
 # Experiments and arms are few: as dictionaries they cost 4 bytes a row
 # instead of their text, in every table that crosses the shuffle.
@@ -82,6 +84,11 @@ _JSON_FIELDS = {
                        ] + _CLOUD_EVENT_FIELDS,
 }
 
+# A Vertex AI request-response row (`--log_format vertex`), fast path: its
+# columns read under the contract's names.
+_VERTEX_JSON_FIELDS = [("request_id", pa.string()), ("endpoint", pa.string()),
+                       ("deployed_model_id", pa.string())]
+
 _TIMESTAMP_TYPES = (pa.string(), pa.float64())
 # pyarrow parses a block's 1 MiB chunks on parallel threads.
 _READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 20, use_threads=True)
@@ -114,27 +121,28 @@ def split_lines(block: bytes) -> list[bytes]:
 
 
 def parse_json_block(block: bytes, record_type: str, source_file: str,
-                     extras=()) -> BlockResult:
+                     extras=(), log_format: str = contract.AUTO) -> BlockResult:
   """Parse and validate a block of whole JSON lines of one record type,
   with the optional fields `extras` (see `contract.EXTRAS`)."""
-  result = _fast_block(block, record_type, source_file, extras)
+  result = _fast_block(block, record_type, source_file, extras, log_format)
   if result is not None:
     return result
   return parse_json_lines(split_lines(block), record_type, source_file,
-                          extras)
+                          extras, log_format)
 
 
 def parse_json_lines(lines: list[bytes], record_type: str, source_file: str,
-                     extras=()) -> BlockResult:
+                     extras=(), log_format: str = contract.AUTO) -> BlockResult:
   """Parse and validate non-blank JSON lines of one record type."""
-  result = _fast_block(b"\n".join(lines), record_type, source_file, extras)
+  result = _fast_block(b"\n".join(lines), record_type, source_file, extras,
+                       log_format)
   if result is not None:
     return result
   if len(lines) <= MIN_FAST_LINES:
-    return _slow(lines, record_type, source_file, extras)
+    return _slow(lines, record_type, source_file, extras, log_format)
   step = -(-len(lines) // FAST_SPLIT)
   parts = [parse_json_lines(lines[i:i + step], record_type, source_file,
-                            extras)
+                            extras, log_format)
            for i in range(0, len(lines), step)]
   return BlockResult(pa.concat_tables([part.table for part in parts]),
                      [r for part in parts for r in part.rejected],
@@ -142,7 +150,7 @@ def parse_json_lines(lines: list[bytes], record_type: str, source_file: str,
 
 
 def _fast_block(data: bytes, record_type: str, source_file: str,
-                extras) -> BlockResult | None:
+                extras, log_format: str) -> BlockResult | None:
   """The block parsed by pyarrow as a whole, or None where only the contract,
   record by record, can tell (or the block is invalid somewhere)."""
   if not data:
@@ -159,7 +167,9 @@ def _fast_block(data: bytes, record_type: str, source_file: str,
   if not len(ends) or not (buffer[starts] == ord("{")).all() or not (
       _is_utf8(data)):
     return None
-  table = _fast_json(data, len(ends), record_type, extras)
+  table = _fast_json(data, len(ends), record_type, extras, log_format)
+  if table is not None and _is_vertex(record_type, log_format):
+    table = vertex_columns(table)
   if table is None:
     return None
   normalized = _normalize(table, record_type, extras)
@@ -189,42 +199,116 @@ def _lines_array(data: bytes, ends: np.ndarray) -> pa.Array:
 
 
 def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
-                      source_file: str, extras=()) -> BlockResult:
-  """Validate rows already in Arrow form (Parquet); bad rows become JSON raws."""
+                      source_file: str, extras=(),
+                      log_format: str = contract.AUTO) -> BlockResult:
+  """Validate rows already in Arrow form (Parquet, BigQuery); bad rows become
+  JSON raws. Vertex AI request-response rows are told by their columns."""
   table = pa.Table.from_batches([batch]) if isinstance(
       batch, pa.RecordBatch) else batch
   if len(set(table.column_names)) < table.num_columns:  # Which one counts?
     return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-                 source_file, extras)
+                 source_file, extras, log_format)
+  time_column = "timestamp"
+  if record_type == contract.PREDICTION and (
+      log_format == formats.VERTEX or formats.is_vertex_table(
+          table.column_names)):
+    log_format, time_column = formats.VERTEX, "logging_time"
   # Both paths read a timestamp column as epoch seconds (UTC when it has no
   # zone), so a row's fate does not depend on its neighbours.
-  table = _with_timestamp_column(table)
-  normalized = _normalize(table, record_type, extras)
+  original = table = _request_ids_as_text(
+      _with_timestamp_column(table, time_column))
+  if log_format == formats.VERTEX:
+    table = vertex_columns(table)
+  normalized = None
+  if table is not None:
+    normalized = _normalize(table, record_type, extras)
   if normalized is not None:
     raws = None
     if record_type == contract.FEEDBACK:
       raws = [_row_json(row) for row in table.to_pylist()]
     return BlockResult(_finish(normalized, record_type, raws, source_file,
                                extras), [], table.num_rows)
-  return _slow([_row_json(row) for row in table.to_pylist()], record_type,
-               source_file, extras)
+  return _slow([_row_json(row) for row in original.to_pylist()], record_type,
+               source_file, extras, log_format)
+
+
+def _is_vertex(record_type: str, log_format: str) -> bool:
+  return record_type == contract.PREDICTION and log_format == formats.VERTEX
+
+
+def vertex_columns(table: pa.Table) -> pa.Table | None:
+  """Vertex AI request-response columns under the contract's names, the
+  NUMERIC request id as its exact decimal text; None where only the
+  per-record parser can tell."""
+  if not set(formats.VERTEX_COLUMNS) <= set(table.column_names):
+    return None
+  request_id = table["request_id"]
+  if pa.types.is_integer(request_id.type):
+    request_id = pc.cast(request_id, pa.string())
+  if not pa.types.is_string(request_id.type) or not _all(
+      pc.or_kleene(pc.is_null(request_id), pc.match_substring_regex(
+          request_id, _DECIMAL_PATTERN))):
+    return None
+  logging_time = table["logging_time"]
+  if pa.types.is_string(logging_time.type):
+    logging_time = pc.replace_substring_regex(logging_time, " UTC$", "+00:00")
+  columns = {"request_id": _without_trailing_zeros(request_id),
+             "timestamp": logging_time, "experiment_id": table["endpoint"],
+             "arm": table["deployed_model_id"]}
+  return pa.table(columns)
+
+
+_DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+def _without_trailing_zeros(decimals):
+  """As formats.decimal_text: no trailing zeros after the point, no "-0"."""
+  decimals = pc.replace_substring_regex(decimals, r"\.0+$", "")
+  decimals = pc.replace_substring_regex(decimals, r"(\.[0-9]*[1-9])0+$",
+                                        r"\1")
+  return pc.replace_substring_regex(decimals, r"^-0$", "0")
+
+
+def _request_ids_as_text(table: pa.Table) -> pa.Table:
+  """A NUMERIC request_id column (BigQuery) -> its exact decimal text, as
+  prediction and feedback tables must agree on it whatever their types."""
+  if "request_id" not in table.column_names or not pa.types.is_decimal(
+      table.schema.field("request_id").type):
+    return table
+  column = table["request_id"]
+  text = pc.cast(column, pa.string())
+  if _all(pc.or_kleene(pc.is_null(text),
+                       pc.match_substring_regex(text, _DECIMAL_PATTERN))):
+    text = _without_trailing_zeros(text)
+  else:  # Arrow writes values below 1e-6 as "1E-9".
+    text = pa.array([None if value is None else
+                     formats.decimal_text(format(value, "f"))
+                     for value in column.to_pylist()], pa.string())
+  return table.set_column(table.column_names.index("request_id"),
+                          "request_id", text)
 
 
 def _row_json(row: dict) -> str:
-  return json.dumps(row, default=str, separators=(",", ":"))
+  return json.dumps(row, default=_json_value, separators=(",", ":"))
 
 
-def _with_timestamp_column(table: pa.Table) -> pa.Table:
-  if "timestamp" in table.column_names and pa.types.is_timestamp(
-      table.schema.field("timestamp").type):
+def _json_value(value) -> str:
+  if isinstance(value, decimal.Decimal):
+    return format(value, "f")  # Plain digits (BigQuery NUMERIC), never 1E-9.
+  return str(value)
+
+
+def _with_timestamp_column(table: pa.Table,
+                           name: str = "timestamp") -> pa.Table:
+  if name in table.column_names and pa.types.is_timestamp(
+      table.schema.field(name).type):
     # The stored integers in the column's unit (UTC, or read as UTC): no
     # unit conversion that could overflow; out-of-range values stay so.
-    column = table["timestamp"]
+    column = table[name]
     units = pc.cast(column, pa.int64())
     per_second = _UNITS_PER_SECOND[column.type.unit]
     seconds = pc.divide(pc.cast(units, pa.float64(), safe=False), per_second)
-    return table.set_column(table.column_names.index("timestamp"), "timestamp",
-                            seconds)
+    return table.set_column(table.column_names.index(name), name, seconds)
   return table
 
 
@@ -241,16 +325,23 @@ def _epoch_seconds(micros) -> pa.Array:
 _EXACT_MICROS = 2**53
 
 
-def _fast_json(data: bytes, n_lines: int, record_type: str,
-               extras) -> pa.Table | None:
-  known = dict(_JSON_FIELDS[record_type])
+def _json_fields(record_type: str, log_format: str):
+  """(fields, name of the timestamp field) the fast path reads."""
+  if _is_vertex(record_type, log_format):
+    return _VERTEX_JSON_FIELDS, "logging_time"
+  return _JSON_FIELDS[record_type], "timestamp"
+
+
+def _fast_json(data: bytes, n_lines: int, record_type: str, extras,
+               log_format: str) -> pa.Table | None:
+  fields, timestamp = _json_fields(record_type, log_format)
+  known = dict(fields)
   # pyarrow reads no map: an attributes object is inferred as a struct.
-  fields = [(name, EXTRA_TYPES[name]) for name in extras
-            if name not in known and name != "attributes"]
+  extra_fields = [(name, EXTRA_TYPES[name]) for name in extras
+                  if name not in known and name != "attributes"]
   behavior = "infer" if "attributes" in extras else "ignore"
   for ts_type in _TIMESTAMP_TYPES:
-    json_schema = pa.schema(_JSON_FIELDS[record_type] + fields +
-                            [("timestamp", ts_type)])
+    json_schema = pa.schema(fields + extra_fields + [(timestamp, ts_type)])
     options = pa_json.ParseOptions(explicit_schema=json_schema,
                                    unexpected_field_behavior=behavior)
     try:
@@ -485,8 +576,8 @@ def _finish(normalized: pa.Table, record_type: str, raws, source_file: str,
 
 
 def _slow(raws: Iterable, record_type: str, source_file: str,
-          extras=()) -> BlockResult:
-  parse = contract.PARSERS[record_type]
+          extras=(), log_format: str = contract.AUTO) -> BlockResult:
+  parse = contract.parser(record_type, log_format)
   rows, rejected = [], []
   for raw in raws:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw

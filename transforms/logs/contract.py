@@ -10,7 +10,10 @@ Accepted formats, detected per record:
 - Seldon Core v1 feedback (`/api/v1.0/feedback` body), bare or wrapped in a
   CloudEvent of type `io.seldon.serving.feedback`;
 - KServe inference-logger response events (CloudEvent of type
-  `org.kubeflow.serving.inference.response`) as predictions.
+  `org.kubeflow.serving.inference.response`, v1 or v2 body) as predictions;
+- Vertex AI request-response logging rows and Open Inference Protocol
+  responses (KServe v2, Seldon Core v2 / MLServer) as predictions, their
+  fields mapped by `transforms.logs.formats`.
 CloudEvents are read in the structured mode, and in the binary mode as a log
 shipper keeps them (headers and body, see `transforms.logs.cloudevents`).
 """
@@ -26,6 +29,7 @@ import math
 from typing import Any
 
 from transforms.logs import cloudevents
+from transforms.logs import formats
 
 PREDICTION = "prediction"
 FEEDBACK = "feedback"
@@ -354,6 +358,28 @@ def _is_cloud_event(obj: dict) -> bool:
   return obj.get("specversion") is not None and "data" in obj
 
 
+def _mapped_prediction(mapping, sources: dict, obj: dict) -> dict:
+  """A serving stack's record, its fields mapped by `formats`, then held to
+  the contract's rules; a dead letter names the record's own field."""
+  try:
+    fields = mapping(obj)
+  except formats.FormatError as error:
+    raise _Invalid(MISSING_FIELD if error.kind == "missing" else WRONG_TYPE,
+                   error.field) from None
+  try:
+    return _contract_prediction(
+        {name: value for name, value in fields.items() if value is not None})
+  except _Invalid as invalid:
+    reason, detail = invalid.rejected.reason, invalid.rejected.detail
+    raise _Invalid(reason, sources.get(detail, detail)) from None
+
+
+def _vertex_prediction(obj: dict) -> dict:
+  return _mapped_prediction(formats.vertex_fields, formats.VERTEX_SOURCES, obj)
+
+
+
+
 def _structured(obj: dict) -> dict:
   """The record itself, or the structured-mode event of a binary-mode one."""
   if not cloudevents.is_binary(obj):
@@ -376,7 +402,23 @@ def parse_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
     obj = _structured(_load_object(raw))
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
       return _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
+    if formats.is_vertex_row(obj):
+      return _with_extras(_vertex_prediction(obj), {}, PREDICTION, extras)
+    if formats.is_inference_response(obj):
+      return _with_extras(_mapped_prediction(
+          formats.inference_response_fields,
+          formats.INFERENCE_RESPONSE_SOURCES, obj), {}, PREDICTION, extras)
     return _with_extras(_contract_prediction(obj), obj, PREDICTION, extras)
+  except _Invalid as invalid:
+    return invalid.rejected
+
+
+def parse_vertex_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
+  """One Vertex AI request-response row (`--log_format vertex`) -> normalized
+  dict or Rejected; a record without its fields is missing them."""
+  try:
+    return _with_extras(_vertex_prediction(_load_object(raw)), {},
+                        PREDICTION, extras)
   except _Invalid as invalid:
     return invalid.rejected
 
@@ -404,6 +446,18 @@ def _feedback(obj: dict) -> dict:
 
 
 PARSERS = {PREDICTION: parse_prediction, FEEDBACK: parse_feedback}
+
+# `--log_format`: AUTO detects each record's format; VERTEX reads predictions
+# as Vertex AI request-response rows only (feedback keeps the contract).
+AUTO = "auto"
+LOG_FORMATS = (AUTO, formats.VERTEX)
+
+
+def parser(record_type: str, log_format: str = AUTO):
+  """The per-record parser of a record type in a log format."""
+  if log_format == formats.VERTEX and record_type == PREDICTION:
+    return parse_vertex_prediction
+  return PARSERS[record_type]
 
 
 def pseudonymize(value: str, key: bytes) -> str:

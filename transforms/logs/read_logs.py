@@ -73,9 +73,11 @@ def _line_blocks(stream, start: int, end: int | None):
 class _ParseFileRange(beam.DoFn):
   """A byte range of a log file -> validated Arrow tables; bad records to dead letter."""
 
-  def __init__(self, record_type: str, extras: tuple):
+  def __init__(self, record_type: str, extras: tuple,
+               log_format: str = contract.AUTO):
     self._record_type = record_type
     self._extras = extras
+    self._log_format = log_format
 
   def process(self, file_range):
     path, start, end = file_range
@@ -90,14 +92,15 @@ class _ParseFileRange(beam.DoFn):
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
       for block in _line_blocks(f, start, end):
         result = batches.parse_json_block(block, self._record_type, path,
-                                          self._extras)
+                                          self._extras, self._log_format)
         yield result, result.table.num_rows + len(result.rejected)
 
   def _parquet_blocks(self, path):
     with FileSystems.open(path) as f:
       for batch in pq.ParquetFile(f).iter_batches(PARQUET_BATCH_ROWS):
         yield batches.parse_arrow_batch(batch, self._record_type, path,
-                                        self._extras), batch.num_rows
+                                        self._extras,
+                                        self._log_format), batch.num_rows
 
 
 class ReadLogs(beam.PTransform):
@@ -108,11 +111,13 @@ class ReadLogs(beam.PTransform):
   Tagged outputs: `quality.DEAD_LETTER` rows and `quality.COUNTS` pairs.
   """
 
-  def __init__(self, file_pattern: str, record_type: str, extras=()):
+  def __init__(self, file_pattern: str, record_type: str, extras=(),
+               log_format: str = contract.AUTO):
     super().__init__()
     self._file_pattern = file_pattern
     self._record_type = record_type
     self._extras = contract.check_extras(record_type, extras)
+    self._log_format = log_format
 
   def expand(self, pbegin):
     return (pbegin
@@ -120,6 +125,7 @@ class ReadLogs(beam.PTransform):
             | "Split" >> beam.ParDo(_SplitFile())
             | "Distribute" >> beam.Reshuffle()
             | "Parse" >> beam.ParDo(_ParseFileRange(
-                self._record_type, self._extras)).with_outputs(quality.DEAD_LETTER,
+                self._record_type, self._extras,
+                self._log_format)).with_outputs(quality.DEAD_LETTER,
                                                   quality.COUNTS,
                                                   main="records"))

@@ -1,0 +1,229 @@
+"""Logs read from BigQuery tables and queries (the local emulator's Storage
+Read API) give exactly what the same records give read from JSON lines."""
+
+import datetime
+import json
+import random
+
+import pytest
+
+from pipelines import reward_batch
+from transforms.io import bigquery
+from transforms.logs import read_bigquery
+
+DAY = "2026-12-01"
+DAY_START = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+RUN_FIELDS = ("run_id", "computed_at")
+PREDICTION_COLUMNS = [("request_id", "STRING"), ("timestamp", "TIMESTAMP"),
+                      ("experiment_id", "STRING"), ("arm", "STRING"),
+                      ("shadow", "BOOL"), ("propensity", "FLOAT64")]
+VERTEX_COLUMNS = [("endpoint", "STRING"), ("deployed_model_id", "STRING"),
+                  ("logging_time", "TIMESTAMP"), ("request_id", "NUMERIC"),
+                  ("request_payload", "STRING", "REPEATED"),
+                  ("response_payload", "STRING", "REPEATED")]
+FEEDBACK_COLUMNS = [("request_id", "STRING"), ("timestamp", "TIMESTAMP"),
+                    ("reward", "FLOAT64"), ("experiment_id", "STRING"),
+                    ("arm", "STRING")]
+
+
+def at(seconds):
+  moment = DAY_START + datetime.timedelta(seconds=seconds)
+  return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def contract_logs(n=120, seed=4):
+  """Predictions and feedback of one day, with rows the contract refuses,
+  and rows of the next day that the table read must leave out."""
+  rng = random.Random(seed)
+  predictions, feedback = [], []
+  for i in range(n):
+    arm = rng.choice(["control", "candidate"])
+    t = rng.uniform(0, 80_000)
+    predictions.append({"request_id": f"r{i}", "timestamp": at(t),
+                        "experiment_id": "exp", "arm": arm,
+                        "propensity": 0.5})
+    if rng.random() < 0.7:
+      feedback.append({"request_id": f"r{i}", "timestamp": at(t + 60),
+                       "reward": float(rng.random() < 0.3)})
+  predictions += [
+      {"request_id": "no-arm", "timestamp": at(5), "experiment_id": "exp"},
+      {"request_id": "", "timestamp": at(6), "experiment_id": "exp",
+       "arm": "control"},
+      {"request_id": "bad-propensity", "timestamp": at(7),
+       "experiment_id": "exp", "arm": "control", "propensity": 0.0},
+      {"request_id": "shadowed", "timestamp": at(8), "experiment_id": "exp",
+       "arm": "shadow-model", "shadow": True}]
+  feedback += [{"request_id": "ghost", "timestamp": at(9), "reward": 1.0},
+               {"request_id": "r1", "timestamp": at(10)}]  # no reward
+  next_day = ([{"request_id": "tomorrow", "timestamp": at(90_000),
+                "experiment_id": "exp", "arm": "control"}],
+              [{"request_id": "r2", "timestamp": at(90_000), "reward": 1.0}])
+  return predictions, feedback, next_day
+
+
+def vertex_logs(n=90, seed=6):
+  rng = random.Random(seed)
+  endpoint = "projects/1/locations/europe-west4/endpoints/42"
+  predictions, feedback = [], []
+  for i in range(n):
+    request_id = str(10**20 + i * 7919)  # Beyond a float's exact integers.
+    t = rng.uniform(0, 80_000)
+    predictions.append({
+        "endpoint": endpoint, "deployed_model_id": rng.choice(["71", "72"]),
+        "logging_time": at(t), "request_id": request_id,
+        "request_payload": ['{"instances": [[1.0]]}'],
+        "response_payload": ['{"predictions": [0.5]}']})
+    if rng.random() < 0.6:
+      feedback.append({"request_id": request_id, "timestamp": at(t + 30),
+                       "reward": 1.0})
+  predictions.append({"endpoint": endpoint, "logging_time": at(3),
+                      "request_id": "5", "request_payload": [],
+                      "response_payload": []})  # no deployed_model_id
+  next_day = ([{"endpoint": endpoint, "deployed_model_id": "71",
+                "logging_time": at(100_000), "request_id": "6",
+                "request_payload": [], "response_payload": []}], [])
+  return predictions, feedback, next_day
+
+
+def load_table(client, project, dataset, name, columns, rows):
+  from google.cloud import bigquery as bq
+  schema = [bq.SchemaField(c[0], c[1], mode=c[2] if len(c) > 2 else
+                           "NULLABLE") for c in columns]
+  client.create_dataset(f"{project}.{dataset}", exists_ok=True)
+  client.create_table(bq.Table(f"{project}.{dataset}.{name}", schema=schema),
+                      exists_ok=True)
+  assert client.insert_rows_json(f"{project}.{dataset}.{name}", rows) == []
+  return f"{project}:{dataset}.{name}"
+
+
+def write_lines(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def outputs(out_dir, table):
+  rows = [json.loads(line) for path in sorted(out_dir.glob(f"{table}*"))
+          for line in path.read_text().splitlines()]
+  return sorted((json.dumps({k: v for k, v in r.items()
+                             if k not in RUN_FIELDS}, sort_keys=True)
+                 for r in rows))
+
+
+@pytest.mark.parametrize("logs,prediction_columns,log_format", [
+    (contract_logs, PREDICTION_COLUMNS, "auto"),
+    (vertex_logs, VERTEX_COLUMNS, "vertex"),
+    (vertex_logs, VERTEX_COLUMNS, "auto")])
+def test_tables_give_the_same_tables_as_json_lines(
+    bq_emulator, tmp_path, logs, prediction_columns, log_format):
+  emulator, project = bq_emulator
+  predictions, feedback, (late_predictions, late_feedback) = logs()
+  client = bigquery.bigquery_client(project, emulator.host)
+  dataset = f"logs_{logs.__name__}_{log_format}"
+  predictions_table = load_table(client, project, dataset, "predictions",
+                                 prediction_columns,
+                                 predictions + late_predictions)
+  feedback_table = load_table(client, project, dataset, "feedback",
+                              FEEDBACK_COLUMNS, feedback + late_feedback)
+  common = [f"--partition_date={DAY}", "--runner=FnApiRunner",
+            f"--log_format={log_format}", "--sampling_rate=0.25"]
+  reward_batch.run(common + [
+      f"--predictions={write_lines(tmp_path / 'p.jsonl', predictions)}",
+      f"--feedback={write_lines(tmp_path / 'f.jsonl', feedback)}",
+      f"--output_dir={tmp_path / 'files'}"])
+  reward_batch.run(common + [
+      f"--predictions_table={predictions_table}",
+      f"--feedback_table={feedback_table}",
+      f"--bigquery_emulator_host={emulator.host}",
+      f"--bigquery_emulator_grpc_host={emulator.grpc_host}",
+      f"--output_dir={tmp_path / 'tables'}"])
+
+  from_files = outputs(tmp_path / "files", "arm_stats")
+  assert len(from_files) >= 2
+  assert outputs(tmp_path / "tables", "arm_stats") == from_files
+  quality = outputs(tmp_path / "files", "data_quality")
+  assert any('"metric": "dead_letter:' in row for row in quality)
+  assert outputs(tmp_path / "tables", "data_quality") == quality
+  dead = [json.loads(r)["reason"]
+          for r in outputs(tmp_path / "tables", "dead_letter")]
+  assert sorted(dead) == sorted(json.loads(r)["reason"] for r in outputs(
+      tmp_path / "files", "dead_letter"))
+
+
+def test_a_query_reads_what_it_selects(bq_emulator, tmp_path, monkeypatch):
+  emulator, project = bq_emulator
+  predictions, feedback, _ = contract_logs(n=40, seed=9)
+  client = bigquery.bigquery_client(project, emulator.host)
+  predictions_table = load_table(client, project, "logs_query",
+                                 "predictions", PREDICTION_COLUMNS,
+                                 predictions)
+  feedback_table = load_table(client, project, "logs_query", "feedback",
+                              FEEDBACK_COLUMNS, feedback)
+  queries = []
+
+  def materialized(rest_client, query):
+    # The emulator runs the query but keeps no result table to read (BigQuery
+    # keeps an anonymous one): CREATE TABLE AS SELECT stands in for it.
+    queries.append(query)
+    destination = f"{project}.logs_query.result_{len(queries)}"
+    rest_client.query(f"CREATE TABLE `{destination}` AS {query}").result()
+    return bigquery.table_reference(destination)
+
+  monkeypatch.setattr(bigquery, "query_destination", materialized)
+  query = (f"SELECT * FROM `{predictions_table.replace(':', '.')}` "
+           "WHERE arm = 'control'")
+  reward_batch.run([
+      f"--predictions_query={query}", f"--feedback_table={feedback_table}",
+      f"--project={project}", f"--partition_date={DAY}",
+      "--runner=FnApiRunner", f"--bigquery_emulator_host={emulator.host}",
+      f"--bigquery_emulator_grpc_host={emulator.grpc_host}",
+      f"--output_dir={tmp_path / 'out'}"])
+  assert queries == [query]
+  arms = [json.loads(r) for r in outputs(tmp_path / "out", "arm_stats")]
+  valid_control = [p for p in predictions if p.get("arm") == "control" and
+                   p["request_id"] and p.get("propensity", 1.0) > 0]
+  assert [(a["arm"], a["impressions"]) for a in arms] == [
+      ("control", len(valid_control))]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--predictions=p.jsonl", "--predictions_table=p:d.t",
+     "--feedback=f.jsonl"],
+    ["--predictions=p.jsonl", "--feedback_table=p:d.t",
+     "--feedback_query=SELECT 1"]])
+def test_two_sources_for_one_log_are_refused(tmp_path, flags):
+  with pytest.raises(ValueError, match="give one of"):
+    reward_batch.run(flags + [f"--output_dir={tmp_path}"])
+
+
+def test_day_restriction_is_one_utc_day():
+  assert read_bigquery.day_restriction("logging_time", "2026-12-31") == (
+      "`logging_time` >= TIMESTAMP '2026-12-31 00:00:00+00' AND "
+      "`logging_time` < TIMESTAMP '2027-01-01 00:00:00+00'")
+
+
+def test_a_table_larger_than_grpcs_default_message_is_read(bq_emulator,
+                                                            tmp_path):
+  """Storage Read messages past gRPC's default limit (4 MiB) are read."""
+  emulator, project = bq_emulator
+  client = bigquery.bigquery_client(project, emulator.host)
+  # The emulator sends its stored chunks (30,720 rows here) a message each:
+  # long request ids make them about 5 MB.
+  rows, padding = 40_000, "x" * 200
+  load_table(client, project, "logs_large", "predictions",
+             PREDICTION_COLUMNS[:4], [
+                 {"request_id": f"{padding}-{i}", "timestamp": at(43_200),
+                  "experiment_id": "homepage-ranker",
+                  "arm": "control" if i % 2 == 0 else "candidate"}
+                 for i in range(rows)])
+  feedback = write_lines(tmp_path / "f.jsonl", [
+      {"request_id": f"{padding}-2", "timestamp": at(43_300), "reward": 1.0}])
+  reward_batch.run([
+      f"--predictions_table={project}:logs_large.predictions",
+      f"--feedback={feedback}", f"--partition_date={DAY}",
+      "--runner=FnApiRunner", f"--bigquery_emulator_host={emulator.host}",
+      f"--bigquery_emulator_grpc_host={emulator.grpc_host}",
+      f"--output_dir={tmp_path / 'out'}"])
+  arms = [json.loads(r) for r in outputs(tmp_path / "out", "arm_stats")]
+  assert sorted((a["arm"], a["impressions"], a["reward_sum"])
+                for a in arms) == [("candidate", rows // 2, 0.0),
+                                   ("control", rows // 2, 1.0)]
