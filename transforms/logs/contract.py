@@ -302,7 +302,12 @@ def is_error_status(status: str | None) -> bool:
                                     and int(status) >= 500)
 
 
+# The record itself as a line of text (no line ending), for pipelines that
+# read fields at arbitrary paths (the training export's free-text fields).
+RAW = "raw"
+
 PREDICTION_EXTRAS = {
+    RAW: None,  # Not a field of the record: set by `parse_prediction`.
     "propensity": _propensity,
     "policy": lambda value: _text(value, "policy"),
     "features": lambda value: _finite_numbers(value, "features"),
@@ -331,6 +336,8 @@ def check_extras(record_type: str, extras) -> tuple:
 def _with_extras(parsed: dict, obj: dict, record_type: str, extras) -> dict:
   fields = EXTRAS[record_type]
   for name in extras:
+    if name == RAW:
+      continue
     value = obj.get(name)
     parsed[name] = None if value is None else fields[name](value)
   return parsed
@@ -346,10 +353,22 @@ def parse_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
   try:
     obj = _load_object(raw)
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
-      return _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
-    return _with_extras(_contract_prediction(obj), obj, PREDICTION, extras)
+      parsed = _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
+    else:
+      parsed = _with_extras(_contract_prediction(obj), obj, PREDICTION,
+                            extras)
   except _Invalid as invalid:
     return invalid.rejected
+  if RAW in extras:
+    parsed[RAW] = raw_text(raw)
+  return parsed
+
+
+def raw_text(raw: bytes | str) -> str:
+  """A raw record as the text kept of it: UTF-8 (invalid bytes replaced),
+  without its line ending."""
+  text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+  return text.rstrip("\r\n")
 
 
 def parse_feedback(raw: bytes | str, extras=()) -> dict | Rejected:
