@@ -192,9 +192,8 @@ def _ragged(matrix: np.ndarray, used: np.ndarray,
 
 def _frame(tag: int, payloads: pa.Array) -> pa.Array:
   """tag, varint length, payload: a length-delimited protobuf field per row."""
-  lengths = _numpy(pc.binary_length(payloads)).astype(np.int64)
-  if payloads.null_count:
-    lengths = np.where(_numpy(payloads.is_null()), 0, lengths)
+  lengths = _numpy(pc.fill_null(pc.binary_length(payloads), 0)).astype(
+      np.int64)
   varints = _varints(lengths)
   header = pc.binary_join_element_wise(
       pa.array([bytes([tag])] * len(payloads), pa.binary()), varints, b"")
