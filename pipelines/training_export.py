@@ -75,6 +75,11 @@ class TrainingExportOptions(PipelineOptions):
                   "the same ones on every run (0: all).",
                   "Maximum requests per arm", type=int, default=0,
                   regexes=(r"^[0-9]+$",)),
+      opts.Option("pseudonymize_key_secret", "Secret Manager secret version "
+                  "(projects/P/secrets/S/versions/V) holding the key, read "
+                  "by the workers (instead of --pseudonymize_key_env).",
+                  "Pseudonymization key secret",
+                  regexes=(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$",)),
       opts.Option("dlp_project", "Also de-identify the free-text fields with "
                   "Cloud DLP (MaskDetectedDetails) in this project, on "
                   "Dataflow.", "Cloud DLP project"),
@@ -125,10 +130,13 @@ class TrainingExport(beam.PTransform):
   """Logs -> TFRecord export, export_summary, dead_letter, data_quality."""
 
   def __init__(self, predictions: str, feedback: str, attribution,
-               config: training_set.ExportConfig, key_env: str, prefix: str,
-               join_shards: int = 32, dlp_project: str | None = None,
-               dlp_template: str | None = None):
+               config: training_set.ExportConfig, key_env: str | None,
+               prefix: str, join_shards: int = 32,
+               dlp_project: str | None = None,
+               dlp_template: str | None = None,
+               key_secret: str | None = None):
     super().__init__()
+    self._key_secret = key_secret
     self._dlp_project = dlp_project
     self._dlp_template = dlp_template
     self._predictions = predictions
@@ -156,7 +164,8 @@ class TrainingExport(beam.PTransform):
       requests = masked["requests"]
       stages.append(masked)
     exported = requests | "ExportTrainingSet" >> (
-        export.ExportTrainingSet(self._config, self._key_env, self._prefix))
+        export.ExportTrainingSet(self._config, self._key_env, self._prefix,
+                                 self._key_secret))
     stages.append(exported)
     dead_letters = ([s[quality.DEAD_LETTER] for s in stages]
                     | "FlattenDeadLetters" >> beam.Flatten())
@@ -177,9 +186,10 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
     raise ValueError("required: --predictions (the features are in them)")
   config = export_config(pipeline_options)
   output = sinks.OutputConfig.from_options(pipeline_options)
-  # Fails at start, in one line, when the variable is not set here; the
-  # workers read it again (the key never enters the pipeline graph).
-  export.read_key(output.pseudonymize_key_env)
+  if not export_options.pseudonymize_key_secret:
+    # Fails at start, in one line, when the variable is not set here; the
+    # workers read it again (the key never enters the pipeline graph).
+    export.read_key(output.pseudonymize_key_env)
   sinks.prepare_emulator_tables(output, schemas.EXPORT_TABLES.values(),
                                 replace_partition=True)
   _ = (pipeline
@@ -188,7 +198,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
            reward_batch.attribution_config(pipeline_options, True), config,
            output.pseudonymize_key_env, export_options.output_prefix,
            inputs.join_shards, export_options.dlp_project,
-           export_options.dlp_template)
+           export_options.dlp_template,
+           export_options.pseudonymize_key_secret)
        | "WriteOutputs" >> sinks.WriteTables(schemas.EXPORT_TABLES.values(),
                                              output))
 

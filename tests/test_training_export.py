@@ -330,3 +330,14 @@ def test_encoder_writes_protobufs_deterministic_serialization(seed):
 def test_export_shards_are_deterministic_paths():
   assert export.shard_path("gs://b/x/", "eval", 2, 4) == (
       "gs://b/x/eval-00002-of-00004.tfrecord.gz")
+
+
+def test_rows_sent_to_cloud_dlp_come_back_as_the_same_table():
+  """Offline, the DLP call itself is left out: what it receives and returns."""
+  table = _joined(20, features=pa.array([[1.0, 2.0, 3.0]] * 20,
+                                        pa.list_(pa.float64())))
+  table = table.cast(export._REQUEST_SCHEMA)
+  rows = [json.loads(line) for line in export._rows_as_json(table)]
+  assert export._to_table(rows).equals(table)
+  dead = list(export._RowsBack().process('{"request_id": "r1", broken'))
+  assert dead[0].value["reason"] == export.DLP_BROKE_RECORD

@@ -42,13 +42,21 @@ def shard_path(prefix: str, split: str, shard: int, num_shards: int) -> str:
           f"{SUFFIX}")
 
 
-def read_key(key_env: str) -> bytes:
-  """The pseudonymization key from the environment; one clear line if unset."""
-  value = os.environ.get(key_env or "")
+def read_key(key_env: str | None, key_secret: str | None = None) -> bytes:
+  """The pseudonymization key: a Secret Manager secret version
+  (projects/P/secrets/S/versions/V), else an environment variable. One
+  clear line when neither gives a key."""
+  if key_secret:
+    from google.cloud import secretmanager  # Dataflow workers only.
+    client = secretmanager.SecretManagerServiceClient()
+    return client.access_secret_version(name=key_secret).payload.data
+  if not key_env:
+    raise ValueError("give --pseudonymize_key_env or "
+                     "--pseudonymize_key_secret: the export pseudonymizes ids")
+  value = os.environ.get(key_env)
   if not value:
     raise ValueError(f"the pseudonymization key variable ${key_env} is not "
-                     "set" if key_env else
-                     "--pseudonymize_key_env is required")
+                     "set")
   return value.encode("utf-8")
 
 
@@ -56,14 +64,16 @@ class _Prepare(beam.DoFn):
   """A block of joined requests -> ((split, shard), (keys, examples)) and
   tagged dead letters, counts and summary partials."""
 
-  def __init__(self, config: training_set.ExportConfig, key_env: str):
+  def __init__(self, config: training_set.ExportConfig, key_env: str | None,
+               key_secret: str | None):
     self._config = config
     self._key_env = key_env
+    self._key_secret = key_secret
     self._key = None
 
   def setup(self):
     # Read in the worker: the key never enters the pickled pipeline graph.
-    self._key = read_key(self._key_env)
+    self._key = read_key(self._key_env, self._key_secret)
 
   def process(self, table, totals):
     prepared = training_set.prepare(table, self._config, self._key, totals)
@@ -128,11 +138,12 @@ class ExportTrainingSet(beam.PTransform):
   """Joined request tables -> TFRecord files under `prefix`, schema.json, and
   {"files", "export_summary" rows, quality.DEAD_LETTER, quality.COUNTS}."""
 
-  def __init__(self, config: training_set.ExportConfig, key_env: str,
-               prefix: str):
+  def __init__(self, config: training_set.ExportConfig, key_env: str | None,
+               prefix: str, key_secret: str | None = None):
     super().__init__()
     self._config = config
     self._key_env = key_env
+    self._key_secret = key_secret
     self._prefix = prefix
 
   def expand(self, requests):
@@ -142,7 +153,7 @@ class ExportTrainingSet(beam.PTransform):
                   lambda table: training_set.arm_totals(table).items())
               | "SumArmTotals" >> beam.CombinePerKey(sum))
     prepared = requests | "PrepareExamples" >> beam.ParDo(
-        _Prepare(config, self._key_env),
+        _Prepare(config, self._key_env, self._key_secret),
         totals=pvalue.AsDict(totals)).with_outputs(
             quality.DEAD_LETTER, quality.COUNTS, SUMMARY, main="shards")
     every_shard = requests.pipeline | "EveryShard" >> beam.Create([
@@ -179,6 +190,10 @@ _REQUEST_SCHEMA = batches.schema(contract.PREDICTION,
 def _rows_as_json(table: pa.Table):
   for row in table.to_pylist():
     yield json.dumps(row, separators=(",", ":"))
+
+
+def _to_table(rows: list) -> pa.Table:
+  return pa.Table.from_pylist(rows, schema=_REQUEST_SCHEMA)
 
 
 class _RowsBack(beam.DoFn):
@@ -222,7 +237,6 @@ class MaskWithCloudDlp(beam.PTransform):
     tables = (rows.rows
               | "Batch" >> beam.BatchElements(min_batch_size=1024,
                                               max_batch_size=8192)
-              | "ToTables" >> beam.Map(pa.Table.from_pylist,
-                                       schema=_REQUEST_SCHEMA))
+              | "ToTables" >> beam.Map(_to_table))
     return {"requests": tables, quality.DEAD_LETTER: rows[quality.DEAD_LETTER],
             quality.COUNTS: rows[quality.COUNTS]}
