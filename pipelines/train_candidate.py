@@ -41,7 +41,8 @@ def dataset(export: str, split: str, schema, batch_size: int,
             shuffle_seed: int | None = None):
   """(features, label) batches of one split, read in parallel."""
   import tensorflow as tf
-  files = sorted(tf.io.gfile.glob(f"{export.rstrip('/')}/{split}-*.tfrecord.gz"))
+  files = sorted(path for directory in export.split(",") for path in
+                 tf.io.gfile.glob(f"{directory.rstrip('/')}/{split}-*.tfrecord.gz"))
   if not files:
     raise ValueError(f"no {split} files under {export}")
   records = tf.data.TFRecordDataset(files, compression_type="GZIP",
@@ -109,10 +110,21 @@ def _window(times: np.ndarray) -> dict:
       times) else {}
 
 
-def train(args) -> dict:
+def read_schema(export: str) -> list:
+  """The features of the exports (comma-separated directories), which must
+  all declare the same."""
   import tensorflow as tf
-  with tf.io.gfile.GFile(f"{args.export.rstrip('/')}/schema.json") as f:
-    schema = examples.load_schema(f.read())
+  schemas = []
+  for directory in export.split(","):
+    with tf.io.gfile.GFile(f"{directory.rstrip('/')}/schema.json") as f:
+      schemas.append(examples.load_schema(f.read()))
+  if any(schema != schemas[0] for schema in schemas):
+    raise ValueError(f"the exports {export} declare different features")
+  return schemas[0]
+
+
+def train(args) -> dict:
+  schema = read_schema(args.export)
   width = next(f.length for f in schema if f.name == "features")
   train_x, train_y, train_t = _collect(dataset(args.export, "train", schema,
                                                args.batch_size))
@@ -182,7 +194,8 @@ def main(argv=None) -> dict:
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--export", required=True,
                       help="Directory of a training export (schema.json, "
-                      "train-*, eval-*), local or gs://.")
+                      "train-*, eval-*), local or gs://; several days: "
+                      "comma-separated.")
   parser.add_argument("--out", required=True,
                       help="Directory for candidate.keras and model_card.json.")
   parser.add_argument("--architecture", default="mlp", choices=("logreg", "mlp"),
