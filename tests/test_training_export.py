@@ -341,3 +341,9 @@ def test_rows_sent_to_cloud_dlp_come_back_as_the_same_table():
   assert export._to_table(rows).equals(table)
   dead = list(export._RowsBack().process('{"request_id": "r1", broken'))
   assert dead[0].value["reason"] == export.DLP_BROKE_RECORD
+
+
+def test_pseudonymizer_is_contracts_hmac():
+  pseudonymize = training_set.pseudonymizer(b"key")
+  for value in ("u1", "사용자", ""):
+    assert pseudonymize(value) == contract.pseudonymize(value, b"key")

@@ -15,6 +15,7 @@ run to run). The record framing is that of Beam's TFRecord sink.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -101,11 +102,13 @@ class _WriteShard(beam.DoFn):
     records = sorted((key, example) for keys, encoded in parts
                      for key, example in zip(keys, encoded))
     path = shard_path(self._prefix, split, shard, self._num_shards)
+    framed = io.BytesIO()
+    for _, example in records:
+      _TFRecordUtil.write_record(framed, example)
     temporary = f"{path}.tmp"
     with FileSystems.create(temporary, "application/octet-stream",
                             CompressionTypes.GZIP) as handle:
-      for _, example in records:
-        _TFRecordUtil.write_record(handle, example)
+      handle.write(framed.getvalue())  # One compression call per shard.
     if FileSystems.exists(path):
       FileSystems.delete([path])
     FileSystems.rename([temporary], [path])

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import hmac
 import json
 from typing import NamedTuple
 
@@ -124,6 +126,19 @@ def arm_totals(table: pa.Table) -> dict:
   return dict(collections.Counter(keys))
 
 
+def pseudonymizer(key: bytes):
+  """`contract.pseudonymize` under one key, without setting the key up again
+  for every value (a copy of the keyed state per value)."""
+  keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+  def pseudonymize(value: str) -> str:
+    state = keyed.copy()
+    state.update(value.encode("utf-8"))
+    return state.hexdigest()
+
+  return pseudonymize
+
+
 def hash_fraction(pseudonyms: list[str]) -> np.ndarray:
   """Hex digests -> uniform fractions in [0, 1) from their first 52 bits."""
   return np.array([int(p[:_HASH_BITS // 4], 16) for p in pseudonyms],
@@ -143,9 +158,10 @@ def prepare(table: pa.Table, config: ExportConfig, key: bytes,
   if not table.num_rows:
     return Prepared({}, dead_letters, counts, {})
 
-  request_ids = [contract.pseudonymize(value, key)
+  pseudonymize = pseudonymizer(key)
+  request_ids = [pseudonymize(value)
                  for value in table["request_id"].to_pylist()]
-  user_ids = [None if value is None else contract.pseudonymize(value, key)
+  user_ids = [None if value is None else pseudonymize(value)
               for value in table["user_id"].to_pylist()]
   splitter = [user or request for user, request in zip(user_ids,
                                                        request_ids)]
@@ -211,7 +227,8 @@ def _filter(table, config: ExportConfig, totals: dict, key: bytes, counts):
       # Each arm keeps about max_arm_count rows: those whose request hashes
       # below max/total, the same rows on every run.
       keep_rate = config.max_arm_count / np.maximum(arm_rows, 1)
-      fractions = hash_fraction([contract.pseudonymize(value, key) for value in
+      pseudonymize = pseudonymizer(key)
+      fractions = hash_fraction([pseudonymize(value) for value in
                                  table["request_id"].to_pylist()])
       reasons.append(("arm_sampled", pa.array(fractions < keep_rate)))
   for reason, passes in reasons:
