@@ -133,7 +133,7 @@ def print_summary(summary: dict, export: str) -> None:
         f" vs base rate {metrics['baseline_log_loss']:.3f}; AUC "
         f"{metrics['auc']:.3f}")
   for row in summary["shadow"]:
-    print(f"shadow {row["model"]} vs {row["baseline"]} model: {row['rows']:,} "
+    print(f"shadow {row['model']} vs {row['baseline']} model: {row['rows']:,} "
           f"logged requests, agreement {row['agreement_rate']:.3f}, mean |diff| "
           f"{row['mean_abs_diff']:.3f}")
   value = summary["value"]
