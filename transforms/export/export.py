@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from transforms.export import examples
 from transforms.export import training_set
@@ -62,7 +63,7 @@ def read_key(key_env: str | None, key_secret: str | None = None) -> bytes:
 
 
 class _Prepare(beam.DoFn):
-  """A block of joined requests -> ((split, shard), (keys, examples)) and
+  """A block of joined requests -> ((split, shard), table of key, example) and
   tagged dead letters, counts and summary partials."""
 
   def __init__(self, config: training_set.ExportConfig, key_env: str | None,
@@ -91,7 +92,8 @@ class _Prepare(beam.DoFn):
 
 
 class _WriteShard(beam.DoFn):
-  """(split, shard), [(keys, examples)] -> one GZIP TFRecord file, sorted."""
+  """(split, shard), [tables of key, example] -> one GZIP TFRecord file,
+  sorted by key."""
 
   def __init__(self, prefix: str, num_shards: int):
     self._prefix = prefix
@@ -99,12 +101,14 @@ class _WriteShard(beam.DoFn):
 
   def process(self, element):
     (split, shard), parts = element
-    records = sorted((key, example) for keys, encoded in parts
-                     for key, example in zip(keys, encoded))
+    tables = [part for part in parts if part is not None]
     path = shard_path(self._prefix, split, shard, self._num_shards)
     framed = io.BytesIO()
-    for _, example in records:
-      _TFRecordUtil.write_record(framed, example)
+    if tables:
+      table = pa.concat_tables(tables)
+      ordered = table["example"].take(pc.sort_indices(table["key"]))
+      for example in ordered.to_pylist():
+        _TFRecordUtil.write_record(framed, example)
     temporary = f"{path}.tmp"
     with FileSystems.create(temporary, "application/octet-stream",
                             CompressionTypes.GZIP) as handle:
@@ -160,7 +164,7 @@ class ExportTrainingSet(beam.PTransform):
         totals=pvalue.AsDict(totals)).with_outputs(
             quality.DEAD_LETTER, quality.COUNTS, SUMMARY, main="shards")
     every_shard = requests.pipeline | "EveryShard" >> beam.Create([
-        ((split, shard), ([], [])) for split in training_set.SPLITS
+        ((split, shard), None) for split in training_set.SPLITS
         for shard in range(config.num_shards)])
     files = ((prepared.shards, every_shard)
              | "FlattenShards" >> beam.Flatten()

@@ -111,7 +111,8 @@ class ExportConfig:
 
 class Prepared(NamedTuple):
   """What one block yields."""
-  # {(split, shard): (sort keys, serialized examples)}
+  # {(split, shard): table of `key` (the pseudonymized request id, the
+  # order in the file) and `example` (serialized)}
   shards: dict
   dead_letters: list  # [(raw, contract.Rejected)]
   counts: collections.Counter  # {metric: n}
@@ -188,14 +189,15 @@ def prepare(table: pa.Table, config: ExportConfig, key: bytes,
 
   shard = (np.array([int(p[:8], 16) for p in request_ids], np.uint64) %
            np.uint64(config.num_shards)).astype(np.int64)
+  keyed = pa.table({"key": pa.array(request_ids, pa.string()),
+                    "example": encoded})
   shards = {}
   for split_index, split in enumerate(SPLITS):
     in_split = is_eval if split_index else ~is_eval
     counts[f"{EXPORTED}:{split}"] += int(in_split.sum())
     for s in np.unique(shard[in_split]):
       rows = np.flatnonzero(in_split & (shard == s))
-      shards[(split, int(s))] = ([request_ids[i] for i in rows],
-                                 encoded.take(pa.array(rows)).to_pylist())
+      shards[(split, int(s))] = keyed.take(pa.array(rows))
   return Prepared(shards, dead_letters, counts,
                   _summary(table, reward, is_eval))
 
