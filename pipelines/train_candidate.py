@@ -86,21 +86,33 @@ def metrics(probabilities: np.ndarray, labels: np.ndarray,
             train_positive_rate: float) -> dict:
   """Accuracy, log loss and AUC of the model, and of the majority class
   (accuracy) and the training base rate (log loss) as baselines."""
-  from sklearn import metrics as sk
-  probabilities = np.clip(probabilities, 1e-7, 1 - 1e-7)
   majority = float(train_positive_rate >= 0.5)
-  base_rate = np.full_like(probabilities, np.clip(train_positive_rate, 1e-7,
-                                                  1 - 1e-7))
-  both_classes = len(np.unique(labels)) == 2
   return {
       "accuracy": float(((probabilities >= 0.5) == labels).mean()),
-      "log_loss": float(sk.log_loss(labels, probabilities, labels=[0, 1])),
-      "auc": float(sk.roc_auc_score(labels, probabilities))
-             if both_classes else None,
+      "log_loss": log_loss(labels, probabilities),
+      "auc": auc(labels, probabilities),
       "baseline_accuracy": float((labels == majority).mean()),
-      "baseline_log_loss": float(sk.log_loss(labels, base_rate,
-                                             labels=[0, 1])),
+      "baseline_log_loss": log_loss(labels, np.full_like(
+          probabilities, train_positive_rate)),
   }
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+  p = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)
+  return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+  """Area under the ROC curve (Mann-Whitney, ties counted half); None with
+  one class only."""
+  from scipy import stats
+  positives = labels == 1
+  n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+  if not n_pos or not n_neg:
+    return None
+  ranks = stats.rankdata(scores)
+  return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) /
+               (n_pos * n_neg))
 
 
 def _window(times: np.ndarray) -> dict:

@@ -59,3 +59,16 @@ def test_candidate_beats_the_majority_class_and_is_registered(
   np.testing.assert_allclose(registered.predict(x, verbose=0),
                              saved.predict(x, verbose=0))
   assert inference.saved_input_width(path) == click_data.NUM_FEATURES
+
+
+def test_metrics_agree_with_scikit_learn():
+  from sklearn import metrics as sk
+  rng = np.random.default_rng(1)
+  labels = (rng.random(500) < 0.3).astype(np.float32)
+  scores = np.round(np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1), 2)
+  computed = train_candidate.metrics(scores, labels, 0.3)
+  assert computed["auc"] == pytest.approx(sk.roc_auc_score(labels, scores))
+  assert computed["log_loss"] == pytest.approx(sk.log_loss(labels, scores),
+                                               rel=1e-6)
+  assert computed["baseline_accuracy"] == pytest.approx(1 - labels.mean())
+  assert train_candidate.auc(np.ones(3), np.arange(3.0)) is None

@@ -4,6 +4,7 @@ import collections
 import glob
 import gzip
 import json
+import logging
 import os
 import random
 
@@ -80,14 +81,24 @@ def _write_logs(tmp_path, records):
 def _run(tmp_path, name, predictions, feedback, *extra):
   prefix = str(tmp_path / name / "dt=2025-11-21")
   output_dir = str(tmp_path / name / "tables")
-  training_export.run([
+  return prefix, output_dir, training_export.run([
       "--runner", "FnApiRunner", "--predictions", predictions,
       "--feedback", feedback, "--feature_count", str(FEATURES),
       "--pseudonymize_key_env", KEY_ENV, "--output_prefix", prefix,
       "--output_dir", output_dir, "--text_fields", "request.text",
       "--eval_fraction", "0.3", "--export_shards", "3",
       "--run_id", "test", "--partition_date", "2025-11-21", *extra])
-  return prefix, output_dir
+
+
+class _Recorder(logging.Handler):
+  """Every log record of the run, at every level, formatted."""
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(self.format(record))
 
 
 def _rows(output_dir, table):
@@ -118,8 +129,21 @@ def _exported(tmp_path_factory):
   os.environ[KEY_ENV] = KEY
   records = _predictions()
   predictions, feedback = _write_logs(tmp_path, records)
-  prefix, output_dir = _run(tmp_path, "first", predictions, feedback)
-  again, _ = _run(tmp_path, "second", predictions, feedback)
+  recorder = _Recorder()
+  root = logging.getLogger()
+  level = root.level
+  root.addHandler(recorder)
+  root.setLevel(logging.DEBUG)
+  try:
+    prefix, output_dir, pipeline = _run(tmp_path, "first", predictions,
+                                        feedback)
+  finally:
+    root.removeHandler(recorder)
+    root.setLevel(level)
+  (tmp_path / "run.log").write_text("\n".join(recorder.lines))
+  (tmp_path / "graph.pb").write_bytes(
+      pipeline.to_runner_api().SerializeToString())
+  again, _, _ = _run(tmp_path, "second", predictions, feedback)
   return records, prefix, again, output_dir, tmp_path
 
 
@@ -170,8 +194,10 @@ def test_a_rerun_writes_identical_files(exported):
       assert a.read() == b.read(), name
 
 
-def test_the_key_is_in_no_output(exported, capfd):
+def test_the_key_is_in_no_output_log_or_pipeline_graph(exported, capfd):
   _, _, _, _, tmp_path = exported
+  assert (tmp_path / "run.log").stat().st_size > 0  # The run did log.
+  assert (tmp_path / "graph.pb").stat().st_size > 0
   for path in glob.glob(f"{tmp_path}/**/*", recursive=True):
     if os.path.isdir(path):
       continue
@@ -219,7 +245,7 @@ def test_export_summary_counts_rows_and_labels(exported):
 def test_a_missing_key_variable_fails_at_start(tmp_path, monkeypatch):
   monkeypatch.delenv(KEY_ENV, raising=False)
   predictions, feedback = _write_logs(tmp_path, _predictions(5))
-  with pytest.raises(ValueError, match=f"\\${KEY_ENV} is not set"):
+  with pytest.raises(ValueError, match=f"\\${KEY_ENV} is not set$"):
     _run(tmp_path, "nokey", predictions, feedback)
 
 
