@@ -91,6 +91,15 @@ def test_raw_lines_agree_on_both_paths(seed):
   assert fast.fast == (seed % 2 == 0)
 
 
+def test_parquet_rows_carry_their_json_as_raw():
+  records = [_prediction(i, features=[1.0, float(i)],
+                         request={"text": f"hi {i}"}) for i in range(5)]
+  table = pa.Table.from_pylist(records)
+  result = batches.parse_arrow_batch(table, contract.PREDICTION, "p.parquet",
+                                     (contract.RAW, "features"))
+  assert [json.loads(raw) for raw in result.table["raw"].to_pylist()] == records
+
+
 def test_extras_are_checked_only_when_asked_for():
   record = json.dumps(_prediction(1, features=[1, "x"], attributes=[1]))
   assert isinstance(contract.parse_prediction(record), dict)
