@@ -194,6 +194,16 @@ def test_a_rerun_writes_identical_files(exported):
       assert a.read() == b.read(), name
 
 
+def test_a_rerun_with_fewer_shards_leaves_no_stale_file(tmp_path):
+  predictions, feedback = _write_logs(tmp_path, _predictions(30))
+  prefix, _, _ = _run(tmp_path, "day", predictions, feedback)
+  _run(tmp_path, "day", predictions, feedback, "--export_shards", "2")
+  assert sorted(os.listdir(prefix)) == [
+      "eval-00000-of-00002.tfrecord.gz", "eval-00001-of-00002.tfrecord.gz",
+      "schema.json", "train-00000-of-00002.tfrecord.gz",
+      "train-00001-of-00002.tfrecord.gz"]
+
+
 def test_the_key_is_in_no_output_log_or_pipeline_graph(exported, capfd):
   _, _, _, _, tmp_path = exported
   assert (tmp_path / "run.log").stat().st_size > 0  # The run did log.

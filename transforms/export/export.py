@@ -4,7 +4,7 @@
   requests ───────────────────────PrepareExamples─┬─ (split, shard) ─GroupShards─WriteShards─ files
                                                   ├─ summary ─ export_summary
                                                   └─ dead letters, counts
-  WriteSchema ─ schema.json
+  WriteSchema ─ schema.json;  files ─DeleteStaleShards─ (a former run's other shards)
 
 Files: PREFIX/train-SSSSS-of-NNNNN.tfrecord.gz and PREFIX/eval-...; every
 shard is written, sorted by pseudonymized request id, so a re-run of the same
@@ -119,6 +119,19 @@ class _WriteShard(beam.DoFn):
     yield path
 
 
+def delete_stale_shards(written: list, prefix: str) -> list:
+  """Deletes shard files under `prefix` that this run did not write (a
+  former run with another shard count): a reader of the day sees this run
+  only. Returns the deleted paths."""
+  names = {path.rsplit("/", 1)[-1] for path in written}
+  pattern = f"{prefix.rstrip('/')}/*-*-of-*{SUFFIX}"
+  stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list
+           if m.path.rsplit("/", 1)[-1] not in names]
+  if stale:
+    FileSystems.delete(stale)
+  return stale
+
+
 def _sum_partials(partials):
   rows = reward_sum = positive = 0
   for r, s, p in partials:
@@ -171,6 +184,9 @@ class ExportTrainingSet(beam.PTransform):
              | "GroupShards" >> beam.GroupByKey()
              | "WriteShards" >> beam.ParDo(_WriteShard(self._prefix,
                                                        config.num_shards)))
+    _ = (files
+         | "AllWritten" >> beam.combiners.ToList()
+         | "DeleteStaleShards" >> beam.Map(delete_stale_shards, self._prefix))
     schema_file = (requests.pipeline
                    | "SchemaPath" >> beam.Create([self._prefix])
                    | "WriteSchema" >> beam.Map(write_schema, config))
