@@ -301,6 +301,15 @@ def test_filters_are_counted_and_balance():
       v for k, v in counts.items() if k.startswith("filtered:"))
 
 
+def test_a_text_field_may_not_take_a_features_name():
+  with pytest.raises(ValueError, match="text field arm has the name"):
+    training_set.ExportConfig(feature_count=3, text_fields=("arm",))
+  with pytest.raises(ValueError, match="bad text field path"):
+    training_set.ExportConfig(feature_count=3, text_fields=("a..b",))
+  with pytest.raises(ValueError, match="given twice"):
+    training_set.ExportConfig(feature_count=3, text_fields=("a", "a"))
+
+
 def test_max_arm_count_keeps_about_that_many_the_same_rows_each_time():
   table = _joined(4000)
   config = training_set.ExportConfig(feature_count=3, max_arm_count=500)

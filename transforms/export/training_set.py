@@ -82,10 +82,23 @@ class ExportConfig:
     for path in self.text_fields:
       if not path or any(not part for part in path.split(".")):
         raise ValueError(f"bad text field path {path!r}")
+    if len(set(self.text_fields)) < len(self.text_fields):
+      raise ValueError("a text field is given twice")
+    reserved = {feature.name for feature in self._fixed_features()}
+    clashes = sorted(set(self.text_fields) & reserved)
+    if clashes:
+      raise ValueError(f"text field {', '.join(clashes)} has the name of an "
+                       "exported feature")
 
   def features(self) -> list[examples.Feature]:
     """The features of every written Example (schema.json)."""
-    written = [
+    return self._fixed_features() + [
+        examples.Feature(path, examples.BYTES, default="",
+                         description="free text, de-identified")
+        for path in self.text_fields]
+
+  def _fixed_features(self) -> list[examples.Feature]:
+    return [
         examples.Feature("features", examples.FLOAT, self.feature_count,
                          description="the context vector"),
         examples.Feature("arm", examples.BYTES),
@@ -103,10 +116,6 @@ class ExportConfig:
                          description="HMAC-SHA256 of the user id (hex); "
                          "empty: not logged"),
     ]
-    written += [examples.Feature(path, examples.BYTES, default="",
-                                 description="free text, de-identified")
-                for path in self.text_fields]
-    return written
 
 
 class Prepared(NamedTuple):
