@@ -4,7 +4,7 @@ r"""Training export: served predictions with their rewards, as de-identified TFR
                                ├─JoinRequests─(MaskWithCloudDlp)─ExportTrainingSet─┬─ PREFIX/{train,eval}-*.tfrecord.gz
   feedback ────ReadFeedback────┘                                                   ├─ PREFIX/schema.json
                                                                                    └─ export_summary
-  (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
+  (every stage) ─ dead letters ─ScrubDeadLetters─ dead_letter;  counts ─ data_quality
 
 The same attribution as the reward pipeline (shadow predictions are never
 exported); request and user ids pseudonymized with HMAC-SHA256 under a key
@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import reward_batch
 from transforms import options as opts
 from transforms.attribution.attribution import JoinRequests
+from transforms.export import deid
 from transforms.export import export
 from transforms.export import training_set
 from transforms.io import schemas
@@ -126,6 +127,24 @@ def export_config(pipeline_options) -> training_set.ExportConfig:
       num_shards=export_options.export_shards)
 
 
+class _ScrubDeadLetter(beam.DoFn):
+  """A dead letter's raw record, de-identified; with a Secret Manager key,
+  its user_id pseudonymized too (with --pseudonymize_key_env the table sink
+  does that)."""
+
+  def __init__(self, key_secret: str | None):
+    self._key_secret = key_secret
+    self._key = None
+
+  def setup(self):
+    if self._key_secret:
+      self._key = export.read_key(None, self._key_secret)
+
+  def process(self, row):
+    raw = row["raw"] and deid.scrub(row["raw"])
+    yield {**row, "raw": raw and contract.redact_raw(raw, self._key)}
+
+
 class TrainingExport(beam.PTransform):
   """Logs -> TFRecord export, export_summary, dead_letter, data_quality."""
 
@@ -167,8 +186,11 @@ class TrainingExport(beam.PTransform):
         export.ExportTrainingSet(self._config, self._key_env, self._prefix,
                                  self._key_secret))
     stages.append(exported)
+    # Rejected raw records may hold free text too: only scrubbed ones are kept.
     dead_letters = ([s[quality.DEAD_LETTER] for s in stages]
-                    | "FlattenDeadLetters" >> beam.Flatten())
+                    | "FlattenDeadLetters" >> beam.Flatten()
+                    | "ScrubDeadLetters" >> beam.ParDo(
+                        _ScrubDeadLetter(self._key_secret)))
     counts = ([s[quality.COUNTS] for s in stages]
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())

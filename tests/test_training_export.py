@@ -55,6 +55,12 @@ BAD_PREDICTIONS = (
     {"request_id": "text-not-text", "timestamp": 1_763_683_200,
      "experiment_id": "ranker", "arm": "control",
      "features": [0.0] * FEATURES, "request": {"text": 42}},
+    {"request_id": "bad-time", "timestamp": "yesterday",
+     "experiment_id": "ranker", "arm": "control", "user_id": "user-secret-7",
+     "request": {"text": f"write to {EMAIL}"}},
+    {"request_id": "short-with-pii", "timestamp": 1_763_683_200,
+     "experiment_id": "ranker", "arm": "control", "features": [1.0],
+     "request": {"text": f"card {CARD}"}},
 )
 NON_UTF8 = b'{"request_id": "latin1", "timestamp": 1763683200, ' \
     b'"experiment_id": "ranker", "arm": "control", "features": [1, 2, 3, 4], ' \
@@ -222,12 +228,19 @@ def test_the_key_is_in_no_output_log_or_pipeline_graph(exported, capfd):
 
 def test_bad_records_are_dead_lettered_with_a_reason(exported):
   _, _, _, output_dir, _ = exported
-  dead = {(row["record_type"], row["reason"]) for row in
-          _rows(output_dir, "dead_letter")}
+  dead_rows = _rows(output_dir, "dead_letter")
+  dead = {(row["record_type"], row["reason"]) for row in dead_rows}
   assert {("export", training_set.MISSING_FEATURES),
           ("export", training_set.FEATURE_LENGTH),
           ("export", contract.WRONG_TYPE),
-          ("prediction", contract.INVALID_JSON)} <= dead
+          ("prediction", contract.INVALID_JSON),
+          ("prediction", contract.BAD_TIMESTAMP)} <= dead
+  # Rejected records keep their raw text, scrubbed, at every stage.
+  raws = " ".join(row["raw"] for row in dead_rows)
+  assert EMAIL not in raws and CARD not in raws
+  assert "<EMAIL>" in raws and "<CARD>" in raws
+  assert "user-secret-7" not in raws and contract.pseudonymize(
+      "user-secret-7", KEY.encode()) in raws
   quality_rows = _rows(output_dir, "data_quality")
   export_counts = {row["metric"]: row["count"] for row in quality_rows
                    if row["record_type"] == "export"}
