@@ -5,7 +5,8 @@ Each creates .venv (Python 3.11) on first use, installs the package with its
 pinned dependencies (requirements/constraints.txt), then runs the demo job or
 the test suite. Extra arguments go to the demo or to pytest.
 `python3 dev.py streaming-demo` runs the live demo on the local Pub/Sub and
-BigQuery emulators the same way.
+BigQuery emulators the same way; `python3 dev.py loop-demo` the loop from logs
+to a registered candidate model (docs/training.md).
 
 `test` also creates .venv-seldon with Python 3.12 (seldon-core 1.19 needs it):
 seldon-core pinned in requirements/seldon.txt, for the tests that run the
@@ -25,9 +26,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
-EXTRAS = {"demo": "local", "streaming-demo": "local",
+EXTRAS = {"demo": "local", "streaming-demo": "local", "loop-demo": "local,mlflow",
           "test": "local,test,airflow,mlflow"}
-DEMOS = {"demo": "pipelines.demo", "streaming-demo": "pipelines.streaming_demo"}
+DEMOS = {"demo": "pipelines.demo", "streaming-demo": "pipelines.streaming_demo",
+         "loop-demo": "pipelines.loop_demo"}
 SELDON_VENV = ROOT / ".venv-seldon"
 SELDON_REQUIREMENTS = ROOT / "requirements" / "seldon.txt"
 

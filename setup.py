@@ -30,7 +30,8 @@ setuptools.setup(
     extras_require={
         "local": ["bqemulator==1.4.0"],
         "test": ["pytest", "duckdb", "statsmodels", "scikit-learn"],
-        "mlflow": ["mlflow-skinny"],
+        # The embedded registry of train_candidate is an SQLite store.
+        "mlflow": ["mlflow-skinny", "sqlalchemy", "alembic"],
         "airflow": [
             "apache-airflow==3.3.2",
             "apache-airflow-providers-google",

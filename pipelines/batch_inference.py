@@ -82,7 +82,9 @@ class ModelOptions(PipelineOptions):
 
   MODEL_OPTIONS = (
       opts.Option("model", "Models: NAME=PATH of a Keras .keras file, local "
-                  "or gs://. Repeat, or separate several with commas.",
+                  "or gs://, or NAME=models:/REGISTERED@ALIAS of the MLflow "
+                  "registry at $MLFLOW_TRACKING_URI. Repeat, or separate "
+                  "several with commas.",
                   "Models", action="append", regexes=(MODELS_REGEX,)),
       opts.Option("mode", "score: every model scores every row; ensemble: "
                   "one combined prediction per row; shadow: every model, "
@@ -125,7 +127,7 @@ def model_paths(model_options: list[str] | None) -> dict[str, str]:
         raise ValueError(f"--model {model}: expected NAME=PATH")
       if name in paths:
         raise ValueError(f"--model {name} is given twice")
-      paths[name] = path
+      paths[name] = inference.resolve_model_path(path)
   return paths
 
 

@@ -19,7 +19,8 @@ from templates import registry
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DAGS = ROOT / "airflow" / "dags"
 DAG_IDS = {"online_eval_rewards_daily", "online_eval_inference_nightly",
-           "online_eval_streaming_deploy", "online_eval_local_rewards"}
+           "online_eval_streaming_deploy", "online_eval_local_rewards",
+           "online_eval_retrain_weekly"}
 
 # Parses the DAG folder as the DAG processor does (the folder is the bundle,
 # on sys.path) and writes what the tests check as JSON.
@@ -44,7 +45,7 @@ for dag in bag.dags.values():
           "on_failure": callbacks(task.on_failure_callback),
           **{attribute: getattr(task, attribute) for attribute in (
               "body", "append_job_name", "wait_until_finished", "py_file",
-              "py_options", "runner", "pipeline_options")
+              "py_options", "runner", "pipeline_options", "bash_command")
              if hasattr(task, attribute)},
       } for task in dag.tasks}}
 with open(sys.argv[2], "w") as out:

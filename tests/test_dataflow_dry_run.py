@@ -45,6 +45,14 @@ PARAMETERS = {
         model="logreg=gs://my-bucket/models/logreg.keras", num_features=8,
         output_dataset="my-project:online_eval",
         partition_date="2026-01-01"),
+    "training_export": dict(
+        predictions="gs://my-bucket/logs/predictions/dt=2026-01-01/*",
+        feedback="gs://my-bucket/logs/feedback/dt=2026-01-01/*",
+        output_prefix="gs://my-bucket/training/dt=2026-01-01/",
+        feature_count=16, text_fields="request.text",
+        pseudonymize_key_secret="projects/my-project/secrets/key/versions/1",
+        output_dataset="my-project:online_eval",
+        partition_date="2026-01-01"),
 }
 # How each pipeline's arm_stats (or predictions) table reaches BigQuery.
 BIGQUERY_WRITES = {
@@ -53,6 +61,8 @@ BIGQUERY_WRITES = {
     "reward_streaming": "WriteOutputs/Write_arm_stats/WriteBigQuery/"
                         "_StreamToBigQuery",
     "batch_inference": "WriteOutputs/Write_predictions/WriteBigQuery/"
+                       "BigQueryBatchFileLoads",
+    "training_export": "WriteOutputs/Write_export_summary/WriteBigQuery/"
                        "BigQueryBatchFileLoads",
 }
 
@@ -139,3 +149,13 @@ def test_batch_job_reads_its_logs_from_bigquery_offline(log_format):
     for step in ("OpenReadSession", "ReadStreams"):
       assert f"RewardAggregation/{read}/ReadBigQuery/{step}" in transforms
   assert "RewardAggregation/EstimatedRequests/Scale" in transforms
+
+
+def test_training_export_masks_free_text_with_cloud_dlp_offline():
+  """The Cloud DLP step cannot run offline: its graph is built and checked."""
+  job = main.build_pipeline("training_export", arguments(
+      "training_export", dlp_project="my-project")).run().job
+  transforms = check_job("training_export", job)
+  assert ("TrainingExport/MaskWithCloudDlp/MaskDetectedDetails"
+          in {name.rsplit("/", 1)[0] for name in transforms} | transforms)
+  assert "TrainingExport/ExportTrainingSet/WriteShards" in transforms

@@ -16,6 +16,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMANDS = ("pipelines.reward_batch", "pipelines.reward_streaming",
             "pipelines.batch_inference", "pipelines.report", "pipelines.demo",
             "pipelines.streaming_demo", "pipelines.train_demo_models",
+            "pipelines.training_export", "pipelines.train_candidate",
+            "pipelines.loop_demo", "benchmarks.export_benchmark",
             "benchmarks.reward_benchmark", "benchmarks.inference_benchmark",
             "emulators.bq_emulator", "emulators.pubsub_emulator",
             "templates.generate", "examples.router_simulation")

@@ -71,6 +71,35 @@ def test_fast_and_per_record_paths_agree_on_extras(seed):
     assert fast.fast  # Valid extras of every kind stay on the vectorized path.
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_raw_lines_agree_on_both_paths(seed):
+  rng = random.Random(seed)
+  records = [_prediction(i, features=[1.0], request={"text": "hé"})
+             for i in range(20)]
+  if seed % 2:
+    records[rng.randrange(20)]["features"] = ["x"]
+  lines = [json.dumps(r, ensure_ascii=bool(seed // 2)) for r in records]
+  block = "\r\n".join(lines).encode() + b"\n"
+  extras = (contract.RAW, "features")
+  fast = batches.parse_json_block(block, contract.PREDICTION, "f", extras)
+  slow = batches._slow(batches.split_lines(block), contract.PREDICTION, "f",
+                       extras)
+  assert fast.table.to_pylist() == slow.table.to_pylist()
+  assert [json.loads(raw) for raw in fast.table["raw"].to_pylist()] == [
+      r for r in records if r["features"] == [1.0]]
+  assert set(fast.table["raw"].to_pylist()) <= set(lines)
+  assert fast.fast == (seed % 2 == 0)
+
+
+def test_parquet_rows_carry_their_json_as_raw():
+  records = [_prediction(i, features=[1.0, float(i)],
+                         request={"text": f"hi {i}"}) for i in range(5)]
+  table = pa.Table.from_pylist(records)
+  result = batches.parse_arrow_batch(table, contract.PREDICTION, "p.parquet",
+                                     (contract.RAW, "features"))
+  assert [json.loads(raw) for raw in result.table["raw"].to_pylist()] == records
+
+
 def test_extras_are_checked_only_when_asked_for():
   record = json.dumps(_prediction(1, features=[1, "x"], attributes=[1]))
   assert isinstance(contract.parse_prediction(record), dict)

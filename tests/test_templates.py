@@ -33,12 +33,18 @@ PARAMETERS = {
     "batch_inference": dict(features="features*.parquet",
                             model="logreg=models/logreg.keras",
                             num_features=8, output_dir="out"),
+    "training_export": dict(
+        predictions="logs/predictions*.jsonl", feedback="logs/feedback*.jsonl",
+        output_prefix="out/export/dt=2026-01-01/", feature_count=16,
+        pseudonymize_key_secret="projects/p/secrets/key/versions/1",
+        output_dir="out"),
 }
 TOP_LEVEL_TRANSFORMS = {
     "reward_batch": {"RewardAggregation", "WriteOutputs"},
     "reward_streaming": {"Read_predictions", "Read_feedback",
                          "RewardStreaming", "WriteOutputs"},
     "batch_inference": {"BatchInference", "WriteOutputs"},
+    "training_export": {"TrainingExport", "WriteOutputs"},
 }
 
 

@@ -5,6 +5,7 @@ attribution/  join feedback to predictions, per-arm reward accumulators
 decisions/    statistics, router state and per-experiment tables
 scoring/      model inputs, the shared Keras model handler, prediction rows
 io/           output schemas, sinks (BigQuery, files), coders
+export/       training data: tf.train.Example encoding, de-identification
 
 Each sub-package mixes two tiers: a pure core (no Beam import: one record's
 parsing, statistics, schemas), and the Beam composites built on it. Imports
@@ -26,4 +27,7 @@ PURE_CORE = (
     "transforms.io.schemas",
     "transforms.io.json_lines",
     "transforms.io.arrow_tables",
+    "transforms.export.deid",
+    "transforms.export.examples",
+    "transforms.export.training_set",
 )

@@ -16,72 +16,28 @@ renamed option fails parsing here, not the scheduled run.
 
 from __future__ import annotations
 
-import datetime
-
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 from airflow.providers.google.cloud.operators.bigquery import BigQueryCheckOperator
 from airflow.providers.google.cloud.operators.bigquery import BigQueryInsertJobOperator
-from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
 from airflow.sdk import DAG
-from airflow.sdk import AsyncCallback
 from airflow.sdk import CronTriggerTimetable
-from airflow.sdk import DeadlineAlert
-from airflow.sdk import DeadlineReference
 from airflow.sdk import Variable
 from airflow.sdk import task
 
-import online_eval_alerts
+from online_eval_launch import DEFAULT_ARGS
+from online_eval_launch import SETTINGS
+from online_eval_launch import START_DATE
+from online_eval_launch import deadline
+from online_eval_launch import flex_template
+from online_eval_launch import setting
 from templates import registry
 
-SETTINGS = "online_eval"
 PARTITION = "{{ macros.ds_add(ds, -1) }}"  # The run at 03:00 owns yesterday.
 STREAMING_JOB = "reward-streaming"
-START_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-
-DEFAULT_ARGS = {
-    "retries": 2,
-    "retry_delay": datetime.timedelta(minutes=10),
-    "on_failure_callback": online_eval_alerts.task_failed,
-}
-
-
-def setting(key: str) -> str:
-  """A template that renders to one key of the `online_eval` Variable."""
-  return "{{ var.json.%s.%s }}" % (SETTINGS, key)
 
 
 def table(dataset_key: str, name: str) -> str:
   return f"`{setting('project')}.{setting(dataset_key)}.{name}`"
-
-
-def deadline(hours: int) -> DeadlineAlert:
-  """Alert when a run is not done `hours` after it was queued."""
-  return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
-                       interval=datetime.timedelta(hours=hours),
-                       callback=AsyncCallback(online_eval_alerts.run_late))
-
-
-def flex_template(task_id: str, name: str, job_name: str, parameters: dict,
-                  update: bool = False,
-                  **operator_kwargs) -> DataflowStartFlexTemplateOperator:
-  """Launch template `name` (built by templates/build_and_run.sh) with its own
-  image as the workers' SDK container."""
-  bucket = setting("bucket")
-  image = f"{setting('image')}-{name.replace('_', '-')}:{setting('tag')}"
-  body = {"launchParameter": {
-      "jobName": job_name,
-      "containerSpecGcsPath": f"gs://{bucket}/templates/{name}.json",
-      "parameters": parameters,
-      "environment": {"sdkContainerImage": image,
-                      "tempLocation": f"gs://{bucket}/tmp",
-                      "stagingLocation": f"gs://{bucket}/staging",
-                      "enableStreamingEngine":
-                          registry.PIPELINES[name].streaming},
-      "update": update,
-  }}
-  return DataflowStartFlexTemplateOperator(
-      task_id=task_id, body=body, project_id=setting("project"),
-      location=setting("region"), **operator_kwargs)
 
 
 with DAG(dag_id="online_eval_rewards_daily",

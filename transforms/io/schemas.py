@@ -176,3 +176,22 @@ SHADOW_SUMMARY = Table("shadow_summary", SHADOW_SUMMARY_FIELDS,
 
 INFERENCE_TABLES = {t.name: t for t in (PREDICTIONS, SHADOW_SUMMARY,
                                         DEAD_LETTER, DATA_QUALITY)}
+
+# Training export (pipelines/training_export.py).
+
+EXPORT_SUMMARY_FIELDS = (
+    ("split", "STRING", "REQUIRED"),  # train or eval
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("arm", "STRING", "REQUIRED"),
+    ("rows", "INT64", "REQUIRED"),
+    ("reward_sum", "FLOAT64", "REQUIRED"),
+    ("reward_mean", "FLOAT64", "NULLABLE"),
+    ("positive_rows", "INT64", "REQUIRED"),  # reward > 0: the label balance
+) + RUN_FIELDS
+
+EXPORT_SUMMARY = Table("export_summary", EXPORT_SUMMARY_FIELDS,
+                       "Rows exported per split and arm, and their label "
+                       "balance.", clustering=("split",))
+
+EXPORT_TABLES = {t.name: t for t in (EXPORT_SUMMARY, DEAD_LETTER,
+                                     DATA_QUALITY)}

@@ -58,6 +58,7 @@ EXTRA_TYPES = {
     "latency_ms": pa.float64(),
     "status": pa.string(),
     "metric": pa.string(),
+    contract.RAW: pa.string(),
 }
 
 
@@ -175,7 +176,8 @@ def _fast_block(data: bytes, record_type: str, source_file: str,
   normalized = _normalize(table, record_type, extras)
   if normalized is None:
     return None
-  raws = _lines_array(data, ends) if record_type == contract.FEEDBACK else None
+  raws = _lines_array(data, ends) if (
+      record_type == contract.FEEDBACK or contract.RAW in extras) else None
   return BlockResult(_finish(normalized, record_type, raws, source_file,
                              extras), [], len(ends))
 
@@ -224,7 +226,7 @@ def parse_arrow_batch(batch: pa.RecordBatch | pa.Table, record_type: str,
     normalized = _normalize(table, record_type, extras)
   if normalized is not None:
     raws = None
-    if record_type == contract.FEEDBACK:
+    if record_type == contract.FEEDBACK or contract.RAW in extras:
       raws = [_row_json(row) for row in table.to_pylist()]
     return BlockResult(_finish(normalized, record_type, raws, source_file,
                                extras), [], table.num_rows)
@@ -407,6 +409,8 @@ def _normalize(table: pa.Table, record_type: str,
   if normalized is None:
     return None
   for name in extras:
+    if name == contract.RAW:
+      continue  # Appended by _finish from the block's lines.
     column = _extra(table, name)
     if column is None:
       return None
@@ -562,16 +566,17 @@ def _normalize_base(table: pa.Table, record_type: str) -> pa.Table | None:
 def _finish(normalized: pa.Table, record_type: str, raws, source_file: str,
             extras=()) -> pa.Table:
   columns = normalized.select(list(contract.FIELDS[record_type]))
+  if raws is not None and not isinstance(raws, pa.Array):
+    raws = pa.array(raws, pa.string())
   if record_type == contract.FEEDBACK:
     n = normalized.num_rows
-    if not isinstance(raws, pa.Array):
-      raws = pa.array(raws, pa.string())
     columns = columns.append_column("raw", raws)
     columns = columns.append_column(
         "source_file", pa.DictionaryArray.from_arrays(
             np.zeros(n, np.int32), pa.array([source_file])))
   for name in extras:
-    columns = columns.append_column(name, normalized[name])
+    columns = columns.append_column(
+        name, raws if name == contract.RAW else normalized[name])
   return columns.cast(schema(record_type, extras))
 
 
@@ -580,8 +585,7 @@ def _slow(raws: Iterable, record_type: str, source_file: str,
   parse = contract.parser(record_type, log_format)
   rows, rejected = [], []
   for raw in raws:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    text = text.rstrip("\r\n")  # As the fast path's raws: no line ending.
+    text = contract.raw_text(raw)  # As the fast path's raws.
     parsed = parse(raw, extras)
     if isinstance(parsed, contract.Rejected):
       rejected.append((text, parsed))

@@ -320,7 +320,12 @@ def is_error_status(status: str | None) -> bool:
                                     and int(status) >= 500)
 
 
+# The record itself as a line of text (no line ending), for pipelines that
+# read fields at arbitrary paths (the training export's free-text fields).
+RAW = "raw"
+
 PREDICTION_EXTRAS = {
+    RAW: None,  # Not a field of the record: set by `parse_prediction`.
     "propensity": _propensity,
     "policy": lambda value: _text(value, "policy"),
     "features": lambda value: _finite_numbers(value, "features"),
@@ -349,6 +354,8 @@ def check_extras(record_type: str, extras) -> tuple:
 def _with_extras(parsed: dict, obj: dict, record_type: str, extras) -> dict:
   fields = EXTRAS[record_type]
   for name in extras:
+    if name == RAW:
+      continue
     value = obj.get(name)
     parsed[name] = None if value is None else fields[name](value)
   return parsed
@@ -401,26 +408,41 @@ def parse_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
   try:
     obj = _structured(_load_object(raw))
     if _is_cloud_event(obj) and obj.get("type") == KSERVE_RESPONSE_TYPE:
-      return _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
-    if formats.is_vertex_row(obj):
-      return _with_extras(_vertex_prediction(obj), {}, PREDICTION, extras)
-    if formats.is_inference_response(obj):
-      return _with_extras(_mapped_prediction(
+      parsed = _with_extras(_kserve_prediction(obj), {}, PREDICTION, extras)
+    elif formats.is_vertex_row(obj):
+      parsed = _with_extras(_vertex_prediction(obj), {}, PREDICTION, extras)
+    elif formats.is_inference_response(obj):
+      parsed = _with_extras(_mapped_prediction(
           formats.inference_response_fields,
           formats.INFERENCE_RESPONSE_SOURCES, obj), {}, PREDICTION, extras)
-    return _with_extras(_contract_prediction(obj), obj, PREDICTION, extras)
+    else:
+      parsed = _with_extras(_contract_prediction(obj), obj, PREDICTION,
+                            extras)
   except _Invalid as invalid:
     return invalid.rejected
+  if RAW in extras:
+    parsed[RAW] = raw_text(raw)
+  return parsed
+
+
+def raw_text(raw: bytes | str) -> str:
+  """A raw record as the text kept of it: UTF-8 (invalid bytes replaced),
+  without its line ending."""
+  text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+  return text.rstrip("\r\n")
 
 
 def parse_vertex_prediction(raw: bytes | str, extras=()) -> dict | Rejected:
   """One Vertex AI request-response row (`--log_format vertex`) -> normalized
   dict or Rejected; a record without its fields is missing them."""
   try:
-    return _with_extras(_vertex_prediction(_load_object(raw)), {},
-                        PREDICTION, extras)
+    parsed = _with_extras(_vertex_prediction(_load_object(raw)), {},
+                          PREDICTION, extras)
   except _Invalid as invalid:
     return invalid.rejected
+  if RAW in extras:
+    parsed[RAW] = raw_text(raw)
+  return parsed
 
 
 def parse_feedback(raw: bytes | str, extras=()) -> dict | Rejected:

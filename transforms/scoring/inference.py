@@ -39,6 +39,28 @@ SHADOW_TOTALS = "shadow_totals"
 _MAX_ERROR_DETAIL = 500  # TensorFlow errors can run to pages; each row has one.
 
 
+REGISTRY_SCHEME = "models:/"
+
+
+def resolve_model_path(path: str) -> str:
+  """A `.keras` path as given, or the `.keras` file of a registered model
+  version (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) in the MLflow
+  store MLFLOW_TRACKING_URI names. Resolved once, when the job is built."""
+  if not path.startswith(REGISTRY_SCHEME):
+    return path
+  import mlflow  # The [mlflow] extra.
+  name, _, version = path[len(REGISTRY_SCHEME):].partition("/")
+  name, _, alias = name.partition("@")
+  client = mlflow.MlflowClient()
+  found = (client.get_model_version_by_alias(name, alias) if alias else
+           client.get_model_version(name, version))
+  source = found.source.removeprefix("file://")
+  matches = FileSystems.match([f"{source.rstrip('/')}/*.keras"])[0]
+  if len(matches.metadata_list) != 1:
+    raise ValueError(f"{path}: expected one .keras file in {source}")
+  return matches.metadata_list[0].path
+
+
 def saved_input_width(path: str) -> int:
   """The feature width the model in a `.keras` file takes, from its config."""
   with FileSystems.open(path) as f, zipfile.ZipFile(f) as archive:

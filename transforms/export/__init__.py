@@ -1,0 +1,1 @@
+"""Training data: tf.train.Example export, de-identification, splits."""
