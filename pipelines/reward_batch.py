@@ -193,7 +193,7 @@ def run(argv=None):
   summary; exit non-zero if it broke a quality gate."""
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
                                                  __doc__)
-  program = OPTION_CLASSES[0].__module__
+  program = opts.program_name(RewardBatchOptions)
   dry_run = pipeline_options.view_as(TestOptions).dry_run
   with preflight.user_errors(program):
     if not dry_run:  # A dry run reads nothing.

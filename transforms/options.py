@@ -217,6 +217,13 @@ def check_known(argv, option_classes, program: str) -> None:
         "not expand it")
 
 
+def program_name(option_class) -> str:
+  """The module a pipeline runs as (`python -m NAME`), even as __main__."""
+  module = sys.modules.get(option_class.__module__)
+  spec = getattr(module, "__spec__", None)
+  return spec.name if spec else option_class.__module__
+
+
 class OneLineParser(argparse.ArgumentParser):
   """An argparse parser whose usage errors are one line (no usage block)."""
 
@@ -245,7 +252,7 @@ def parse_pipeline_options(argv, option_classes, description: str,
   stray argument stops with a one-line usage error, exit status 2."""
   argv = sys.argv[1:] if argv is None else list(argv)
   parser = OneLineParser(
-      prog=option_classes[0].__module__, description=description,
+      prog=program_name(option_classes[0]), description=description,
       formatter_class=HelpFormatter,
       allow_abbrev=False,  # As Beam's: --output must not stand for --output_dir.
       epilog="Beam's options (--runner, --project, ...) are accepted too.")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from transforms.checks import gates
 
-PIPELINE_COLUMNS = ("pipeline", "status", "allow_partial", "gates", "counts",
-                    "experiments", "tables")
+# Where a read record ends up, besides dead letters: read = these + dead-lettered.
+OUTCOMES = ("counted", "scored", *gates.NOT_COUNTED)
 
 
 def format_allocation(allocation: dict[str, float] | None) -> str | None:
@@ -49,13 +49,12 @@ def summary_row(pipeline: str, config: gates.GateConfig, tables: list[str],
 
 def _record_line(record_type: str, counts) -> str:
   read = counts.get("read", 0)
-  parts = [f"{counts.get(name, 0):,} {name}"
-           for name in ("counted", *gates.NOT_COUNTED) if name in counts]
+  outcomes = [name for name in OUTCOMES if name in counts]
+  parts = [f"{counts[name]:,} {name}" for name in outcomes]
   dead = gates.dead_lettered(counts)
   parts.append(f"{dead:,} dead-lettered")
-  accounted = counts.get("counted", 0) + dead + sum(
-      counts.get(name, 0) for name in gates.NOT_COUNTED)
-  balanced = "" if "counted" not in counts or accounted == read else (
+  accounted = dead + sum(counts[name] for name in outcomes)
+  balanced = "" if not outcomes or accounted == read else (
       f" (UNBALANCED: {accounted:,} accounted for)")
   line = f"  {record_type}: {read:,} read = " + " + ".join(parts) + balanced
   reasons = [(metric[len(gates.DEAD_LETTER_PREFIX):], n)
