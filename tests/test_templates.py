@@ -35,10 +35,10 @@ PARAMETERS = {
                             num_features=8, output_dir="out"),
 }
 TOP_LEVEL_TRANSFORMS = {
-    "reward_batch": {"RewardAggregation", "WriteOutputs"},
+    "reward_batch": {"RewardAggregation", "RunSummary", "WriteOutputs"},
     "reward_streaming": {"Read_predictions", "Read_feedback",
                          "RewardStreaming", "WriteOutputs"},
-    "batch_inference": {"BatchInference", "WriteOutputs"},
+    "batch_inference": {"BatchInference", "RunSummary", "WriteOutputs"},
 }
 
 
