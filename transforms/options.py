@@ -196,25 +196,34 @@ def _option_parser(option_classes) -> argparse.ArgumentParser:
   return parser
 
 
-def check_known(argv, option_classes, program: str) -> None:
-  """Raises a usage error for an option neither the pipeline nor Beam knows
-  (Beam would warn and run on without it) and for a positional argument (a
-  pattern the shell expanded)."""
-  parser = _option_parser(option_classes)
-  _, unknown = parser.parse_known_args(argv)
-  names = [o for action in parser._actions for o in action.option_strings]  # pylint: disable=protected-access
+def unknown_arguments_error(program: str, unknown, known_options):
+  """The usage error for arguments no parser took: an unknown option (with
+  the closest known one), or a positional argument (a pattern the shell
+  expanded)."""
   for argument in unknown:
     if argument.startswith("-"):
       name = argument.split("=", 1)[0]
-      close = difflib.get_close_matches(name.replace("-", "_"), names, n=1,
-                                        cutoff=0.6)
+      close = difflib.get_close_matches(name.replace("-", "_"), known_options,
+                                        n=1, cutoff=0.6)
       hint = f"; did you mean {close[0]}?" if close else ""
-      raise usage_error(program, f"unknown option {name}{hint}")
+      return usage_error(program, f"unknown option {name}{hint}")
+  return usage_error(
+      program, f"unexpected argument {unknown[0]!r}: an option value is one "
+      "argument; quote a file pattern ('logs/*.jsonl') so the shell does not "
+      "expand it")
+
+
+def _option_strings(parser) -> list[str]:
+  return [o for action in parser._actions for o in action.option_strings]  # pylint: disable=protected-access
+
+
+def check_known(argv, option_classes, program: str) -> None:
+  """Raises a usage error for an option neither the pipeline nor Beam knows
+  (Beam would warn and run on without it) and for a positional argument."""
+  parser = _option_parser(option_classes)
+  _, unknown = parser.parse_known_args(argv)
   if unknown:
-    raise usage_error(
-        program, f"unexpected argument {unknown[0]!r}: an option value is one "
-        "argument; quote a file pattern ('logs/*.jsonl') so the shell does "
-        "not expand it")
+    raise unknown_arguments_error(program, unknown, _option_strings(parser))
 
 
 def program_name(option_class) -> str:
@@ -225,10 +234,22 @@ def program_name(option_class) -> str:
 
 
 class OneLineParser(argparse.ArgumentParser):
-  """An argparse parser whose usage errors are one line (no usage block)."""
+  """An argparse parser whose usage errors are one line (no usage block),
+  that takes no abbreviation (as Beam's: --output is not --output_dir) and names the option an unknown one resembles."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("allow_abbrev", False)
+    super().__init__(*args, **kwargs)
 
   def error(self, message):
     raise usage_error(self.prog, message)
+
+  def parse_args(self, args=None, namespace=None):
+    parsed, unknown = self.parse_known_args(args, namespace)
+    if unknown:
+      raise unknown_arguments_error(self.prog, unknown,
+                                    _option_strings(self))
+    return parsed
 
 
 GATE_OPTIONS = (
@@ -254,7 +275,6 @@ def parse_pipeline_options(argv, option_classes, description: str,
   parser = OneLineParser(
       prog=program_name(option_classes[0]), description=description,
       formatter_class=HelpFormatter,
-      allow_abbrev=False,  # As Beam's: --output must not stand for --output_dir.
       epilog="Beam's options (--runner, --project, ...) are accepted too.")
   for option_class in option_classes:
     option_class._add_argparse_args(parser)  # pylint: disable=protected-access
