@@ -232,6 +232,9 @@ def preflight_checks(pipeline_options) -> None:
   output = pipeline_options.view_as(opts.OutputPipelineOptions)
   preflight.check_bigquery_emulator(output.bigquery_emulator_host,
                                     output.output_dataset)
+  if output.output_dataset:
+    preflight.check_bigquery_tables(output.output_dataset,
+                                    output.bigquery_emulator_host, TABLES)
   paths = model_paths(models.model)
   if not paths:
     raise preflight.UserError("give at least one --model NAME=PATH")

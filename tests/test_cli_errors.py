@@ -375,3 +375,24 @@ def test_the_same_through_python_dash_m(name, files, tmp_path):
   assert result.returncode == case.status, result.stderr
   assert re.search(case.first_line, _error_lines(result.stderr)[0])
   assert "Traceback" not in result.stderr
+
+
+def test_a_table_bigquery_would_refuse_is_named_before_the_start(
+    files, bq_emulator, capsys):
+  from transforms.io import bigquery
+  from transforms.io import schemas
+  emulator, project = bq_emulator
+  client = bigquery.bigquery_client(project, emulator.host)
+  older = schemas.Table("arm_stats", tuple(
+      f for f in schemas.ARM_STATS_FIELDS if f[0] != "srm_alert"), "older")
+  bigquery.ensure_tables(client, project, "older_schema", [older])
+
+  status, _, err = _run(*_rewards(
+      files, "--predictions", files["predictions"], "--feedback",
+      files["feedback"], f"--output_dataset={project}:older_schema",
+      f"--bigquery_emulator_host={emulator.host}"), capsys)
+
+  assert status == 2
+  assert re.search(
+      rf"BigQuery table {project}:older_schema\.arm_stats has no column "
+      r"srm_alert \(an older schema\): drop the table", _error_lines(err)[0])

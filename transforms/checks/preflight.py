@@ -201,3 +201,38 @@ def check_bigquery_emulator(host: str | None, dataset: str | None) -> None:
     raise UserError(
         f"--bigquery_emulator_host {host}: nothing answers ({error}); start "
         "it with `python -m emulators.bq_emulator`") from None
+
+
+def check_bigquery_tables(dataset: str, emulator_host: str | None,
+                          tables) -> None:
+  """BigQuery answers, and each output table that exists already has every
+  column of its schema (else BigQuery would refuse the run's rows)."""
+  import google.auth.exceptions
+  from google.api_core import exceptions
+  from google.cloud.bigquery import DEFAULT_RETRY
+  from transforms.io import bigquery  # Only BigQuery output needs the client.
+  project, _, dataset_id = dataset.replace(".", ":", 1).partition(":")
+  try:
+    client = bigquery.bigquery_client(project, emulator_host)
+  except google.auth.exceptions.DefaultCredentialsError:
+    raise UserError("--output_dataset: no Google Cloud credentials (run "
+                    "`gcloud auth application-default login`), or give "
+                    "--bigquery_emulator_host") from None
+  retry = DEFAULT_RETRY.with_deadline(CONNECT_TIMEOUT_S * 3)
+  for table in tables:
+    name = f"{project}:{dataset_id}.{table.name}"
+    try:
+      existing = client.get_table(f"{project}.{dataset_id}.{table.name}",
+                                  retry=retry, timeout=CONNECT_TIMEOUT_S * 3)
+    except exceptions.NotFound:
+      continue  # The pipeline creates it.
+    except exceptions.GoogleAPICallError as error:
+      raise UserError(f"BigQuery refuses table {name}: "
+                      f"{error.message}") from None
+    have = {field.name for field in existing.schema}
+    missing = [column for column in table.columns if column not in have]
+    if missing:
+      raise UserError(
+          f"BigQuery table {name} has no column {', '.join(missing)} (an "
+          "older schema): drop the table so the pipeline creates it, or "
+          "write another --output_dataset")
