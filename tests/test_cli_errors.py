@@ -149,6 +149,20 @@ CASES = [
          2, r"^pipelines\.reward_streaming: error: unknown option "
          r"--predictions_subscriptions; did you mean "
          r"--predictions_subscription\?$"),
+    Case("streaming run with output files", lambda f: (reward_streaming.run, [
+        "--predictions_subscription", "projects/p/subscriptions/a",
+        "--feedback_subscription", "projects/p/subscriptions/b",
+        "--output_dir", f["out"]]),
+         # An option of the batch pipelines only.
+         2, r"^pipelines\.reward_streaming: error: unknown option "
+         r"--output_dir$"),
+    Case("streaming emulator without a dataset", lambda f: (
+        reward_streaming.run, [
+            "--predictions_subscription", "projects/p/subscriptions/a",
+            "--feedback_subscription", "projects/p/subscriptions/b",
+            "--bigquery_emulator_host", "http://127.0.0.1:9050"]),
+         2, r"^pipelines\.reward_streaming: error: --bigquery_emulator_host "
+         r"needs --output_dataset"),
     # Inputs the readers do not understand.
     Case("empty file", lambda f: _rewards(
         f, "--predictions", f["predictions"], "--feedback", f["empty"]),
