@@ -410,3 +410,21 @@ def test_a_table_bigquery_would_refuse_is_named_before_the_start(
   assert re.search(
       rf"BigQuery table {project}:older_schema\.arm_stats has no column "
       r"srm_alert \(an older schema\): drop the table", _error_lines(err)[0])
+
+
+def test_beam_dataflow_and_worker_options_still_pass():
+  from transforms import options as opts
+  argv = ["--feedback=f.jsonl", "--output_dir=out", "--runner=DataflowRunner",
+          "--project=p", "--region=us-central1", "--temp_location=gs://b/t",
+          "--num_workers=3", "--max_num_workers", "5",
+          "--machine_type=n2-standard-4", "--experiments=a", "--experiments=b",
+          "--sdk_container_image=image", "--save_main_session",
+          "--dataflow_service_options=enable_prime", "--setup_file=./setup.py",
+          "--direct_num_workers=2", "--job_name=j", "--dry_run=True"]
+
+  parsed = opts.parse_pipeline_options(argv, reward_batch.OPTION_CLASSES,
+                                       "test")
+
+  all_options = parsed.get_all_options()
+  assert (all_options["num_workers"], all_options["experiments"],
+          all_options["feedback"]) == (3, ["a", "b"], "f.jsonl")
