@@ -94,7 +94,9 @@ def _bigquery_rows(config: sinks.OutputConfig) -> list[dict]:
 def read_summary(config: sinks.OutputConfig) -> dict | None:
   """The run_summary row of this run, from its files or its dataset."""
   rows = _file_rows(config) if config.output_dir else _bigquery_rows(config)
-  return next((row for row in rows if row["run_id"] == config.run_id), None)
+  ours = [row for row in rows if row["run_id"] == config.run_id]
+  # A fixed --run_id may have older rows beside (files of an earlier run).
+  return max(ours, key=lambda row: str(row["computed_at"]), default=None)
 
 
 def finish(program: str, config: sinks.OutputConfig) -> dict:
