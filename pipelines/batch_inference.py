@@ -235,6 +235,8 @@ def preflight_checks(pipeline_options) -> None:
   if output.output_dataset:
     preflight.check_bigquery_tables(output.output_dataset,
                                     output.bigquery_emulator_host, TABLES)
+  preflight.check_output_dir(
+      pipeline_options.view_as(opts.OutputFileOptions).output_dir)
   paths = model_paths(models.model)
   if not paths:
     raise preflight.UserError("give at least one --model NAME=PATH")

@@ -184,10 +184,14 @@ def preflight_checks(pipeline_options) -> None:
   if output.output_dataset:
     preflight.check_bigquery_tables(output.output_dataset,
                                     output.bigquery_emulator_host, TABLES)
+  preflight.check_output_dir(
+      pipeline_options.view_as(opts.OutputFileOptions).output_dir)
+  feedback = preflight.check_log_inputs("feedback", inputs.feedback,
+                                        contract.FEEDBACK)
   if inputs.predictions:
-    preflight.check_log_inputs("predictions", inputs.predictions,
-                               contract.PREDICTION)
-  preflight.check_log_inputs("feedback", inputs.feedback, contract.FEEDBACK)
+    predictions = preflight.check_log_inputs(
+        "predictions", inputs.predictions, contract.PREDICTION)
+    preflight.check_disjoint("predictions", predictions, "feedback", feedback)
   statistics_config(pipeline_options)  # The allocation parses.
 
 

@@ -209,6 +209,18 @@ CASES = [
         f, "--feedback", f["feedback"], "--partition_date", "2026/01/01"),
          2, r"argument --partition_date: '2026/01/01': expected a date "
          r"YYYY-MM-DD$"),
+    Case("a date that is not a day", lambda f: _rewards(
+        f, "--feedback", f["feedback"], "--partition_date", "2026-02-30"),
+         2, r"argument --partition_date: '2026-02-30': day is out of range "
+         r"for month$"),
+    Case("the same file for both record types", lambda f: _rewards(
+        f, "--predictions", f["logs"] + "/*.jsonl", "--feedback",
+        f["feedback"]),
+         2, r"--predictions and --feedback both match .*feedback\.jsonl: give "
+         r"each record type its own files$"),
+    Case("output directory that is a file", lambda f: (reward_batch.run, [
+        "--feedback", f["feedback"], "--output_dir", f["feedback"]]),
+         2, r"--output_dir .*feedback\.jsonl is a file: give a directory$"),
     Case("allocation with a colon", lambda f: _rewards(
         f, "--feedback", f["feedback"], "--expected_allocation", "control:2"),
          2, r"argument --expected_allocation: 'control:2': expected "

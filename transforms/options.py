@@ -91,6 +91,12 @@ def parse_bool(text: str) -> bool:
 BOOL_REGEX = r"^(true|false|True|False)$"
 
 
+def iso_date(text: str) -> str:
+  """A YYYY-MM-DD that is a day of the calendar, as given."""
+  datetime.date.fromisoformat(text)  # ValueError: "month must be in 1..12".
+  return text
+
+
 def today() -> str:
   return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
@@ -122,7 +128,7 @@ OUTPUT_OPTIONS = (
     Option("partition_date",
            "Day partition (YYYY-MM-DD) this run owns in every table; a re-run "
            "replaces it. Default: today (UTC); a streaming job's rows go to "
-           "the day they are computed on.", "Partition date",
+           "the day they are computed on.", "Partition date", type=iso_date,
            regexes=(DATE_REGEX,)),
     Option("pseudonymize_key_env",
            "Name of an environment variable holding a key: user_id in "

@@ -137,8 +137,8 @@ def _sniff(option: str, path: str, columns: tuple[str, ...]) -> bool:
 
 
 def check_inputs(option: str, pattern: str,
-                 columns: tuple[str, ...] = ()) -> int:
-  """Checks the files of one input option; returns how many match. Parquet
+                 columns: tuple[str, ...] = ()) -> set[str]:
+  """Checks the files of one input option; returns their paths. Parquet
   files must have `columns`."""
   files = matched_files(option, pattern)
   sniffed = files[:SNIFF_FILES]
@@ -147,11 +147,27 @@ def check_inputs(option: str, pattern: str,
     names = ", ".join(f.path for f in files[:3])
     raise UserError(f"--{option} {pattern}: every file is empty ({names}"
                     f"{', ...' if len(files) > 3 else ''})")
-  return len(files)
+  return {f.path for f in files}
 
 
-def check_log_inputs(option: str, pattern: str, record_type: str) -> int:
+def check_log_inputs(option: str, pattern: str, record_type: str) -> set[str]:
   return check_inputs(option, pattern, PARQUET_COLUMNS[record_type])
+
+
+def check_disjoint(first: str, first_paths: set[str], second: str,
+                   second_paths: set[str]) -> None:
+  """Two inputs of different record types do not share a file."""
+  shared = sorted(first_paths & second_paths)
+  if shared:
+    more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+    raise UserError(f"--{first} and --{second} both match {shared[0]}{more}: "
+                    "give each record type its own files")
+
+
+def check_output_dir(output_dir: str | None) -> None:
+  """A local output directory is not an existing file."""
+  if output_dir and "://" not in output_dir and os.path.isfile(output_dir):
+    raise UserError(f"--output_dir {output_dir} is a file: give a directory")
 
 
 def check_keras_file(name: str, path: str) -> None:
