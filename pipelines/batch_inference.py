@@ -229,14 +229,7 @@ def preflight_checks(pipeline_options) -> None:
   agree with, the feature files are JSON lines or Parquet with those columns."""
   inputs = pipeline_options.view_as(BatchInferenceOptions)
   models = pipeline_options.view_as(ModelOptions)
-  output = pipeline_options.view_as(opts.OutputPipelineOptions)
-  preflight.check_bigquery_emulator(output.bigquery_emulator_host,
-                                    output.output_dataset)
-  if output.output_dataset:
-    preflight.check_bigquery_tables(output.output_dataset,
-                                    output.bigquery_emulator_host, TABLES)
-  preflight.check_output_dir(
-      pipeline_options.view_as(opts.OutputFileOptions).output_dir)
+  preflight.check_outputs(pipeline_options, TABLES)
   paths = model_paths(models.model)
   if not paths:
     raise preflight.UserError("give at least one --model NAME=PATH")

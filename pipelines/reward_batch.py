@@ -178,14 +178,7 @@ def preflight_checks(pipeline_options) -> None:
   """What can fail in seconds, before the pipeline starts."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
   opts.check_required(inputs, RewardBatchOptions.INPUT_OPTIONS)
-  output = pipeline_options.view_as(opts.OutputPipelineOptions)
-  preflight.check_bigquery_emulator(output.bigquery_emulator_host,
-                                    output.output_dataset)
-  if output.output_dataset:
-    preflight.check_bigquery_tables(output.output_dataset,
-                                    output.bigquery_emulator_host, TABLES)
-  preflight.check_output_dir(
-      pipeline_options.view_as(opts.OutputFileOptions).output_dir)
+  preflight.check_outputs(pipeline_options, TABLES)
   feedback = preflight.check_log_inputs("feedback", inputs.feedback,
                                         contract.FEEDBACK)
   if inputs.predictions:

@@ -250,9 +250,7 @@ def run(argv=None):
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES, __doc__,
                                                  streaming=True)
   with preflight.user_errors(opts.program_name(RewardStreamingOptions)):
-    output = pipeline_options.view_as(opts.OutputPipelineOptions)
-    preflight.check_bigquery_emulator(output.bigquery_emulator_host,
-                                      output.output_dataset)
+    preflight.check_outputs(pipeline_options, schemas.TABLES.values())
     pipeline = beam.Pipeline(options=pipeline_options)
     build(pipeline, pipeline_options)
   result = pipeline.run()

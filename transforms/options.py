@@ -171,6 +171,19 @@ STATISTICS_OPTIONS = (
 )
 
 
+GATE_OPTIONS = (
+    Option("max_dead_letter_fraction",
+           "Quality gate: at most this fraction of each record type's "
+           "records may be dead-lettered; a run beyond it fails (after "
+           "writing its tables).", "Maximum dead-letter fraction", type=float,
+           default=0.05, regexes=(NUMBER_REGEX,)),
+    Option("allow_partial",
+           "Accept a run that breaks a quality gate: exit 0, run_summary "
+           "status `accepted` instead of `failed`.", "Allow partial results",
+           type=parse_bool, default=False, regexes=(BOOL_REGEX,)),
+)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
   """The description as written, and each option's default after its help."""
 
@@ -241,7 +254,8 @@ def program_name(option_class) -> str:
 
 class OneLineParser(argparse.ArgumentParser):
   """An argparse parser whose usage errors are one line (no usage block),
-  that takes no abbreviation (as Beam's: --output is not --output_dir) and names the option an unknown one resembles."""
+  that takes no abbreviation (as Beam's: --output is not --output_dir) and
+  names the option an unknown one resembles."""
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("allow_abbrev", False)
@@ -256,19 +270,6 @@ class OneLineParser(argparse.ArgumentParser):
       raise unknown_arguments_error(self.prog, unknown,
                                     _option_strings(self))
     return parsed
-
-
-GATE_OPTIONS = (
-    Option("max_dead_letter_fraction",
-           "Quality gate: at most this fraction of each record type's "
-           "records may be dead-lettered; a run beyond it fails (after "
-           "writing its tables).", "Maximum dead-letter fraction", type=float,
-           default=0.05, regexes=(NUMBER_REGEX,)),
-    Option("allow_partial",
-           "Accept a run that breaks a quality gate: exit 0, run_summary "
-           "status `accepted` instead of `failed`.", "Allow partial results",
-           type=parse_bool, default=False, regexes=(BOOL_REGEX,)),
-)
 
 
 def parse_pipeline_options(argv, option_classes, description: str,

@@ -20,6 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 import pyarrow.parquet as pq
 
+from transforms import options as opts
 from transforms.logs import contract
 from transforms.logs import read_logs
 
@@ -252,3 +253,14 @@ def check_bigquery_tables(dataset: str, emulator_host: str | None,
           f"BigQuery table {name} has no column {', '.join(missing)} (an "
           "older schema): drop the table so the pipeline creates it, or "
           "write another --output_dataset")
+
+
+def check_outputs(pipeline_options, tables) -> None:
+  """The output directory and the BigQuery dataset (or emulator) can take
+  the run's tables."""
+  output = pipeline_options.view_as(opts.OutputPipelineOptions)
+  check_bigquery_emulator(output.bigquery_emulator_host, output.output_dataset)
+  if output.output_dataset:
+    check_bigquery_tables(output.output_dataset, output.bigquery_emulator_host,
+                          tables)
+  check_output_dir(pipeline_options.view_as(opts.OutputFileOptions).output_dir)
