@@ -24,6 +24,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.transforms import trigger
 from apache_beam.transforms import window
 
@@ -250,7 +251,8 @@ def run(argv=None):
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES, __doc__,
                                                  streaming=True)
   with preflight.user_errors(opts.program_name(RewardStreamingOptions)):
-    preflight.check_outputs(pipeline_options, schemas.TABLES.values())
+    if not pipeline_options.view_as(TestOptions).dry_run:  # Reads nothing.
+      preflight.check_outputs(pipeline_options, schemas.TABLES.values())
     pipeline = beam.Pipeline(options=pipeline_options)
     build(pipeline, pipeline_options)
   result = pipeline.run()

@@ -83,6 +83,9 @@ def files(tmp_path_factory):
   (root / "feedback-array.json").write_text(
       json.dumps([_feedback(i) for i in range(5)]))
   paths["json_array"] = str(root / "feedback-array.json")
+  (root / "feedback.jsonl.gz").write_text(
+      "".join(json.dumps(_feedback(i)) + "\n" for i in range(5)))
+  paths["not_gzip"] = str(root / "feedback.jsonl.gz")
   pq.write_table(pa.Table.from_pylist([
       {"id": f"r{i}", "ts": T0 + i, "exp": "exp", "variant": "control"}
       for i in range(5)]), root / "predictions-renamed.parquet")
@@ -173,6 +176,9 @@ CASES = [
     Case("JSON array", lambda f: _rewards(
         f, "--predictions", f["predictions"], "--feedback", f["json_array"]),
          2, r"--feedback: .*feedback-array\.json is a JSON array"),
+    Case("a .gz file that is not gzip", lambda f: _rewards(
+        f, "--predictions", f["predictions"], "--feedback", f["not_gzip"]),
+         2, r"--feedback: cannot read .*feedback\.jsonl\.gz: "),
     Case("Parquet with other column names", lambda f: _rewards(
         f, "--predictions", f["parquet_renamed"], "--feedback", f["feedback"]),
          2, r"--predictions: .*predictions-renamed\.parquet has no column "

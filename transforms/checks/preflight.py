@@ -9,12 +9,12 @@ line (no traceback) before exiting with status 2: nothing has been written.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import socket
 import sys
 import urllib.parse
 import zipfile
+import zlib
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -126,7 +126,7 @@ def _sniff(option: str, path: str, columns: tuple[str, ...]) -> bool:
     return rows > 0
   try:
     head = _head(path)
-  except (OSError, EOFError, gzip.BadGzipFile) as error:
+  except (OSError, EOFError, zlib.error) as error:  # gzip's errors too.
     raise UserError(f"--{option}: cannot read {path}: {error}") from None
   if head.startswith(b"PAR1"):
     raise UserError(f"--{option}: {path} is Parquet: name it *.parquet so "
