@@ -175,16 +175,19 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
 
 
 def preflight_checks(pipeline_options) -> None:
-  """What can fail in seconds, before the pipeline starts."""
+  """What can fail in seconds, before the pipeline starts: the outputs, the
+  log files given (build() says which inputs are required)."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
-  opts.check_required(inputs, RewardBatchOptions.INPUT_OPTIONS)
   preflight.check_outputs(pipeline_options, TABLES)
-  feedback = preflight.check_log_inputs("feedback", inputs.feedback,
-                                        contract.FEEDBACK)
-  if inputs.predictions:
-    predictions = preflight.check_log_inputs(
-        "predictions", inputs.predictions, contract.PREDICTION)
-    preflight.check_disjoint("predictions", predictions, "feedback", feedback)
+  files = {}
+  for option, record_type in (("feedback", contract.FEEDBACK),
+                              ("predictions", contract.PREDICTION)):
+    if getattr(inputs, option):
+      files[option] = preflight.check_log_inputs(
+          option, getattr(inputs, option), record_type)
+  if len(files) == 2:
+    preflight.check_disjoint("predictions", files["predictions"], "feedback",
+                             files["feedback"])
   statistics_config(pipeline_options)  # The allocation parses.
 
 
