@@ -235,7 +235,11 @@ CASES = [
         f, "--feedback", f["feedback"], "--expected_allocation",
         "control=1,treatment=0"),
          2, r"--expected_allocation control=1,treatment=0: 'treatment=0' is "
-         r"not ARM=WEIGHT with a positive weight$"),
+         r"not NAME=WEIGHT with a positive weight$"),
+    Case("allocation naming an arm twice", lambda f: _rewards(
+        f, "--feedback", f["feedback"], "--expected_allocation",
+        "control=1,control=2"),
+         2, r"--expected_allocation control=1,control=2: control twice$"),
     # A directory as input.
     Case("a directory of logs", lambda f: _rewards(
         f, "--predictions", f["logs"], "--feedback", f["feedback"]),

@@ -303,8 +303,10 @@ def check_required(view, options) -> None:
     raise ValueError(f"required: {', '.join(missing)}")
 
 
-def parse_allocation(text: str | None) -> dict[str, float] | None:
-  """"a=1,b=2" -> {"a": 1.0, "b": 2.0}."""
+def parse_allocation(text: str | None, option: str = "--expected_allocation"
+                     ) -> dict[str, float] | None:
+  """"a=1,b=2" -> {"a": 1.0, "b": 2.0}: positive weights, each name once;
+  a ValueError names `option` otherwise."""
   if not text:
     return None
   allocation = {}
@@ -316,10 +318,10 @@ def parse_allocation(text: str | None) -> dict[str, float] | None:
     except ValueError:
       value = math.nan
     if not (separator and arm and 0 < value < math.inf):
-      raise ValueError(f"--expected_allocation {text}: {part!r} is not "
-                       "ARM=WEIGHT with a positive weight")
+      raise ValueError(f"{option} {text}: {part!r} is not NAME=WEIGHT with "
+                       "a positive weight")
     if arm in allocation:
-      raise ValueError(f"--expected_allocation {text}: arm {arm} twice")
+      raise ValueError(f"{option} {text}: {arm} twice")
     allocation[arm] = value
   return allocation
 
