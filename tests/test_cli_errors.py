@@ -450,3 +450,32 @@ def test_beam_dataflow_and_worker_options_still_pass():
   all_options = parsed.get_all_options()
   assert (all_options["num_workers"], all_options["experiments"],
           all_options["feedback"]) == (3, ["a", "b"], "f.jsonl")
+
+
+def test_streaming_demo_without_the_pubsub_emulator(tmp_path):
+  """No gcloud on PATH: one line saying what to install, before anything starts."""
+  result = subprocess.run(
+      [sys.executable, "-m", "pipelines.streaming_demo",
+       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+      env={**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": os.path.dirname(sys.executable)}, check=False)
+
+  assert result.returncode == 1
+  assert re.match(r"^pipelines\.streaming_demo: error: the Pub/Sub emulator "
+                  r"is not installed: install the Google Cloud CLI",
+                  _error_lines(result.stderr)[0])
+  assert "Traceback" not in result.stderr
+
+
+def test_streaming_demo_without_java(monkeypatch, capsys, tmp_path):
+  from emulators import pubsub_emulator
+  from pipelines import streaming_demo
+  monkeypatch.setattr(pubsub_emulator, "is_installed", lambda: True)
+  monkeypatch.setattr(streaming_demo.shutil, "which",
+                      lambda name: None if name == "java" else f"/bin/{name}")
+
+  status, _, err = _run(streaming_demo.main, [f"--workdir={tmp_path}"], capsys)
+
+  assert status == 1
+  assert _error_lines(err)[0].startswith(
+      "pipelines.streaming_demo: error: the Pub/Sub emulator needs Java")
