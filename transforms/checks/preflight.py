@@ -59,18 +59,22 @@ def _is_directory(pattern: str) -> bool:
       "://" not in pattern and os.path.isdir(pattern))
 
 
+def _log_suffix(directory: str) -> str:
+  """The first known log suffix among a local directory's files."""
+  names = os.listdir(directory) if os.path.isdir(directory) else ()
+  suffixes = sorted(os.path.splitext(name)[1] for name in names
+                    if name.lower().endswith(KNOWN_SUFFIXES))
+  return suffixes[0] if suffixes else ".jsonl"
+
+
 def matched_files(option: str, pattern: str) -> list:
   """The files of `pattern` (local or gs://); a directory or no match is an error."""
   if _is_directory(pattern):
     directory = pattern.rstrip("/") or "/"
-    known = sorted({f"*{os.path.splitext(name)[1]}"
-                    for name in os.listdir(directory)
-                    if name.lower().endswith(KNOWN_SUFFIXES)}) if os.path.isdir(
-                        directory) else []
-    example = f"{directory}/{known[0] if known else '*.jsonl'}"
     raise UserError(
         f"--{option} {pattern} is a directory: give a file pattern such as "
-        f"'{example}' (quoted), so that only those files are read")
+        f"'{directory}/*{_log_suffix(directory)}' (quoted), so that only "
+        "those files are read")
   try:
     [match] = FileSystems.match([pattern])
   except Exception as error:  # pylint: disable=broad-except
