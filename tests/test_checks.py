@@ -29,7 +29,9 @@ def test_dead_letter_fraction_per_record_type():
   # 14 of 100: the reasons, most frequent first.
   assert verdicts[0].detail == (
       "14 of 100 feedback records dead-lettered (14.0%; at most 10.0%): "
-      "wrong_type 10, orphan_feedback 4")
+      "wrong_type 10, orphan_feedback 4; a field has the wrong JSON type, "
+      "e.g. a reward true or \"1\" instead of a number (dead_letter.detail "
+      "names it)")
   assert gates.dead_letter_gates(FEEDBACK, 0.14)[0].passed  # At the limit.
 
 

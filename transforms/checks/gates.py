@@ -61,6 +61,20 @@ def dead_lettered(counts: collections.Counter) -> int:
              if metric.startswith(DEAD_LETTER_PREFIX))
 
 
+# What the most frequent reason of a broken dead-letter gate usually means.
+REASON_HINTS = {
+    "bad_timestamp": "timestamps are RFC 3339 with a zone or epoch seconds, "
+                     "not milliseconds",
+    "wrong_type": "a field has the wrong JSON type, e.g. a reward true or "
+                  "\"1\" instead of a number (dead_letter.detail names it)",
+    "missing_field": "records lack a required field (dead_letter.detail "
+                     "names it)",
+    "orphan_feedback": "feedback whose prediction was not read: are all the "
+                       "prediction files given?",
+    "invalid_json": "lines that are not JSON",
+}
+
+
 def dead_letter_gates(quality_rows, max_fraction: float) -> list[Verdict]:
   """Per record type read: dead-lettered / read at most `max_fraction`."""
   verdicts = []
@@ -77,8 +91,14 @@ def dead_letter_gates(quality_rows, max_fraction: float) -> list[Verdict]:
               f"({dead / read:.1%}; at most {max_fraction:.1%})")
     if reasons:
       detail += f": {reasons}"
-    verdicts.append(Verdict(DEAD_LETTER_FRACTION, record_type,
-                            dead / read <= max_fraction, detail))
+    passed = dead / read <= max_fraction
+    top = next((metric[len(DEAD_LETTER_PREFIX):]
+                for metric, _ in counts.most_common()
+                if metric.startswith(DEAD_LETTER_PREFIX)), None)
+    if not passed and top in REASON_HINTS:
+      detail += f"; {REASON_HINTS[top]}"
+    verdicts.append(Verdict(DEAD_LETTER_FRACTION, record_type, passed,
+                            detail))
   return verdicts
 
 

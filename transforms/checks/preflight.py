@@ -94,8 +94,8 @@ def _head(path: str) -> bytes:
 
 def _text_problem(head: bytes) -> str | None:
   """Why a file's first bytes are not JSON lines, or None."""
-  first = next((line.strip() for line in head.splitlines() if line.strip()),
-               None)
+  first = next((line.strip() for line in head.removeprefix(
+      b"\xef\xbb\xbf").splitlines() if line.strip()), None)  # A BOM aside.
   if first is None:
     return None
   if first.startswith(b"{"):
