@@ -188,7 +188,7 @@ CASES = [
         f, "--predictions", f["predictions"], "--feedback", f["feedback_ms"]),
          3, r"quality gate dead_letter_fraction failed: 40 of 40 feedback "
          r"records dead-lettered .*bad_timestamp 40; timestamps are RFC "
-         r"3339 with a zone or epoch seconds, not milliseconds;"),
+         r"3339 with a zone or epoch seconds, not milliseconds "),
     Case("rewards written as true/false", lambda f: _rewards(
         f, "--predictions", f["predictions"], "--feedback", f["feedback_bool"]),
          3, r"quality gate dead_letter_fraction failed: .*wrong_type 40"),
