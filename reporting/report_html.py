@@ -26,6 +26,7 @@ import numpy as np
 import scipy.stats
 
 from transforms.decisions import stats
+from transforms.logs import contract
 
 # Arm names are data: "$" in one must not switch matplotlib to math mode.
 _CHART_STYLE = {"text.parse_math": False, "font.size": 9}
@@ -522,11 +523,12 @@ def _quality_html(run: ExperimentRun) -> str:
     dead = sum(n for metric, n in metrics.items()
                if metric.startswith(_DEAD_LETTER))
     read = metrics.get("read", 0)
+    orphans = (metrics.get(_DEAD_LETTER + contract.ORPHAN_FEEDBACK, 0)
+               if record_type == contract.FEEDBACK else None)
     rows.append(((record_type, False), (_format(read, "count"), True),
                  (_format(dead, "count"), True),
                  (_format(dead / read if read else None, "share"), True),
-                 (_format(metrics.get(_DEAD_LETTER + "orphan_feedback"),
-                          "count"), True)))
+                 (_format(orphans, "count"), True)))
   concerning = {run.experiment_id, *counts}
   gates = [g for g in run.summary.get("gates") or ()
            if g["subject"] in concerning or not g["passed"]]
