@@ -282,9 +282,9 @@ def parse_pipeline_options(argv, option_classes, description: str,
   parser = OneLineParser(
       prog=program_name(option_classes[0]), description=description,
       formatter_class=HelpFormatter,
-      epilog="Beam's options (--runner, --project, ...) are accepted too. "
-      "Exit status: 0 done; 2 refused before the start (nothing written); 3 "
-      "the run broke a quality gate (tables written, run_summary says why).")
+      epilog="Beam's options (--runner, --project, ...) are accepted too.\n"
+      "Exit status: 0 done; 2 refused before the start (nothing written);\n"
+      "3 the run broke a quality gate (tables written, run_summary says why).")
   for option_class in option_classes:
     option_class._add_argparse_args(parser)  # pylint: disable=protected-access
   parser.parse_known_args(argv)
