@@ -4,6 +4,7 @@ r"""Batch inference: feature rows in, every model's predictions out.
     ─ToPredictions─┬─ predictions
                    └─ShadowSummary─ shadow_summary (shadow mode)
   (read, score) ─ dead letters ─ dead_letter;  counts ─ data_quality
+  data_quality ─RunSummary (quality gates)─ run_summary
 
 One element is a block of rows (a Parquet record batch, a block of JSON
 lines) from the reader to the model: RunInference scores each block with one
@@ -27,6 +28,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from transforms.checks import gates
+from transforms.checks import preflight
+from transforms.checks import run_summary
 from transforms.scoring import features
 from transforms.scoring import inference
 from transforms import options as opts
@@ -113,8 +117,9 @@ class ModelOptions(PipelineOptions):
     opts.add_options(parser, cls.MODEL_OPTIONS)
 
 
-OPTION_CLASSES = (BatchInferenceOptions, ModelOptions, opts.OutputFileOptions,
-                  opts.OutputPipelineOptions)
+OPTION_CLASSES = (BatchInferenceOptions, ModelOptions, opts.QualityGateOptions,
+                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+TABLES = (*schemas.INFERENCE_TABLES.values(), schemas.RUN_SUMMARY)
 
 
 def model_paths(model_options: list[str] | None) -> dict[str, str]:
@@ -207,12 +212,41 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   output = dataclasses.replace(
       sinks.OutputConfig.from_options(pipeline_options),
       file_format=pipeline_options.view_as(BatchInferenceOptions).output_format)
-  sinks.prepare_emulator_tables(output, schemas.INFERENCE_TABLES.values(),
-                                replace_partition=True)
-  _ = (pipeline
-       | "BatchInference" >> batch_inference(pipeline_options)
-       | "WriteOutputs" >> sinks.WriteTables(schemas.INFERENCE_TABLES.values(),
-                                             output))
+  sinks.prepare_emulator_tables(output, TABLES, replace_partition=True)
+  checks = pipeline_options.view_as(opts.QualityGateOptions)
+  gate_config = gates.GateConfig(
+      max_dead_letter_fraction=checks.max_dead_letter_fraction,
+      allow_partial=bool(checks.allow_partial))
+  outputs = pipeline | "BatchInference" >> batch_inference(pipeline_options)
+  summary = outputs | "RunSummary" >> run_summary.RunSummary(
+      "batch_inference", gate_config, run_summary.destinations(output, TABLES),
+      gates.inference_verdicts)
+  _ = ({**outputs, schemas.RUN_SUMMARY.name: summary}
+       | "WriteOutputs" >> sinks.WriteTables(TABLES, output))
+
+
+def preflight_checks(pipeline_options) -> None:
+  """What can fail in seconds, before the pipeline starts: the models are
+  Keras files of one input width that --num_features and --feature_columns
+  agree with, the feature files are JSON lines or Parquet with those columns."""
+  inputs = pipeline_options.view_as(BatchInferenceOptions)
+  models = pipeline_options.view_as(ModelOptions)
+  preflight.check_outputs(pipeline_options, TABLES)
+  paths = model_paths(models.model)
+  if not paths:
+    raise preflight.UserError("give at least one --model NAME=PATH")
+  widths = {}
+  for name, path in paths.items():
+    preflight.check_keras_file(name, path)
+    try:
+      widths[name] = inference.saved_input_width(path)
+    except ValueError as error:
+      if inputs.num_features is None:
+        raise preflight.UserError(f"--model {name}={path}: {error}") from None
+  preflight.check_widths(widths, inputs.num_features)
+  spec = feature_spec(inputs, paths)
+  if inputs.features:
+    preflight.check_inputs("features", inputs.features, spec.input_columns)
 
 
 def _counter(result, namespace: str, name: str) -> int:
@@ -267,13 +301,25 @@ def format_report(report: dict) -> str:
 
 
 def run(argv=None):
-  """Parse the options, build the job, run it to completion, print metrics."""
+  """Check the options, models and inputs, run the job to completion, print
+  its metrics and summary; exit non-zero if it broke a quality gate."""
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
                                                  __doc__)
+  program = opts.program_name(BatchInferenceOptions)
+  dry_run = pipeline_options.view_as(TestOptions).dry_run
+  with preflight.user_errors(program):
+    if not dry_run:  # A dry run reads nothing.
+      preflight_checks(pipeline_options)
+    output = dataclasses.replace(
+        sinks.fix_run(pipeline_options),
+        file_format=pipeline_options.view_as(
+            BatchInferenceOptions).output_format)
   with beam.Pipeline(options=pipeline_options) as pipeline:
-    build(pipeline, pipeline_options)
-  if not pipeline_options.view_as(TestOptions).dry_run:  # A dry run has no metrics.
+    with preflight.user_errors(program):
+      build(pipeline, pipeline_options)
+  if not dry_run:  # A dry run has no metrics.
     print(format_report(metrics_report(pipeline.result)))
+    run_summary.finish(program, output)
   return pipeline
 
 

@@ -11,7 +11,6 @@ pipeline, into the emulator too.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 
@@ -19,6 +18,7 @@ from pipelines import batch_inference
 from pipelines import report
 from pipelines import reward_batch
 from pipelines import train_demo_models
+from transforms import options as opts
 from transforms.io import bigquery
 from emulators import bq_emulator
 from transforms.logs import quality
@@ -92,10 +92,13 @@ def print_results(client, project: str, truth: dict) -> None:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = opts.OneLineParser(prog="pipelines.demo",
+                              description=__doc__.splitlines()[0],
+                              formatter_class=opts.HelpFormatter)
   parser.add_argument("--workdir", default="local/demo",
                       help="where the sample logs and outputs go")
-  parser.add_argument("--requests", type=int, default=SCENARIO.requests)
+  parser.add_argument("--requests", type=int, default=SCENARIO.requests,
+                      help="simulated served requests")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
 

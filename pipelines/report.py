@@ -1,7 +1,8 @@
-r"""A static HTML report of the arm_stats and router_state tables.
+r"""A static HTML report of the arm_stats, router_state and run_summary tables.
 
-Per experiment (its latest run): posterior densities, mean rewards, lift vs
-control, the sample-ratio check, the traffic allocation and the numbers.
+Per experiment (its latest run): its data quality and quality gates, posterior
+densities, mean rewards, lift vs control, the sample-ratio check (with the
+expected allocation the run used), the traffic allocation and the numbers.
 
   python -m pipelines.report --input out/ --out report.html
   python -m pipelines.report --input gs://bucket/out --out report.html
@@ -22,10 +23,11 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import options as opts
+from transforms.checks import preflight
 from reporting import report_html
 from transforms.io import schemas
 
-TABLES = (schemas.ARM_STATS, schemas.ROUTER_STATE)
+TABLES = (schemas.ARM_STATS, schemas.ROUTER_STATE, schemas.RUN_SUMMARY)
 
 
 def is_bigquery_dataset(source: str) -> bool:
@@ -49,8 +51,14 @@ def read_bigquery_table(dataset: str, table: str,
   """Every row of PROJECT:DATASET.<table>."""
   from transforms.io import bigquery  # Only BigQuery input needs the client.
   project, _, dataset_id = dataset.partition(":")
+  from google.api_core import exceptions
   client = bigquery.bigquery_client(project, emulator_host)
-  return bigquery.read_rows(client, project, dataset_id, table)
+  try:
+    return bigquery.read_rows(client, project, dataset_id, table)
+  except exceptions.NotFound:
+    if table == schemas.RUN_SUMMARY.name:  # Written by older runs: optional.
+      return []
+    raise
 
 
 def load_tables(source: str,
@@ -63,7 +71,8 @@ def load_tables(source: str,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  parser = opts.OneLineParser(
+      prog="pipelines.report", formatter_class=opts.HelpFormatter,
       description="Render the arm_stats and router_state tables as one "
       "static HTML page.")
   parser.add_argument(
@@ -75,10 +84,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
       "--bigquery_emulator_host",
       help="Local BigQuery emulator endpoint (http://HOST:PORT).")
-  parser.add_argument(
-      "--expected_allocation",
-      help="Planned traffic split arm=weight,... behind the expected shares "
-      "of impressions (default: equal), as given to the pipeline.")
   return parser.parse_args(argv)
 
 
@@ -90,7 +95,7 @@ def run(argv=None) -> str:
     raise ValueError(f"no arm_stats rows in {args.input}")
   page = report_html.render_report(
       tables["arm_stats"], tables["router_state"], source=args.input,
-      expected_allocation=opts.parse_allocation(args.expected_allocation))
+      run_summary_rows=tables["run_summary"])
   with FileSystems.create(args.out, mime_type="text/html") as f:
     f.write(page.encode("utf-8"))
   return args.out
@@ -98,7 +103,8 @@ def run(argv=None) -> str:
 
 def main(argv=None) -> None:
   logging.getLogger().setLevel(logging.INFO)
-  logging.info("Wrote %s", run(argv))
+  with preflight.user_errors("pipelines.report"):
+    logging.info("Wrote %s", run(argv))
 
 
 if __name__ == "__main__":

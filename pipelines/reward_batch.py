@@ -4,6 +4,10 @@ r"""Batch reward aggregation: serving logs in, per-arm rewards and statistics ou
                                ├─AttributeRewards─ExperimentStatistics─┬─ arm_stats
   feedback ────ReadFeedback────┘                                       └─ router_state
   (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
+  data_quality, arm_stats ─RunSummary (quality gates)─ run_summary
+
+Before it starts, a preflight checks the inputs and the emulator; after it,
+the run summary is printed and a broken gate exits with status 3.
 
 Run locally:
   python -m pipelines.reward_batch --predictions 'logs/predictions*.jsonl' \
@@ -20,7 +24,11 @@ import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 
+from transforms.checks import gates
+from transforms.checks import preflight
+from transforms.checks import run_summary
 from transforms.decisions import arm_table
 from transforms.logs import contract
 from transforms.decisions import experiments
@@ -75,7 +83,9 @@ class StatisticsOptions(PipelineOptions):
 
 OPTION_CLASSES = (RewardBatchOptions, opts.LogSourceOptions,
                   AttributionOptions, StatisticsOptions,
-                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+                  opts.QualityGateOptions, opts.OutputFileOptions,
+                  opts.OutputPipelineOptions)
+TABLES = (*schemas.TABLES.values(), schemas.RUN_SUMMARY)
 
 
 def attribution_config(pipeline_options,
@@ -96,6 +106,16 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
           statistics.expected_allocation),
       seq_tuning=statistics.seq_tuning,
       traffic_floor=statistics.traffic_floor)
+
+
+def gate_config(pipeline_options) -> gates.GateConfig:
+  checks = pipeline_options.view_as(opts.QualityGateOptions)
+  statistics = statistics_config(pipeline_options)
+  return gates.GateConfig(
+      max_dead_letter_fraction=checks.max_dead_letter_fraction,
+      allow_partial=bool(checks.allow_partial),
+      control_arm=statistics.control_arm,
+      expected_allocation=statistics.expected_allocation)
 
 
 class RewardAggregation(beam.PTransform):
@@ -168,24 +188,57 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
                      "--feedback_query")
   sampling_rates = opts.parse_sampling_rate(
       pipeline_options.view_as(opts.LogSourceOptions).sampling_rate)
-  sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
-                                replace_partition=True)
-  _ = (pipeline
-       | "RewardAggregation" >> RewardAggregation(
-           sources["predictions"], sources["feedback"],
-           attribution_config(pipeline_options,
-                              sources["predictions"] is not None),
-           statistics_config(pipeline_options), inputs.join_shards,
-           sampling_rates)
-       | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
+  sinks.prepare_emulator_tables(output, TABLES, replace_partition=True)
+  outputs = (pipeline
+             | "RewardAggregation" >> RewardAggregation(
+                 sources["predictions"], sources["feedback"],
+                 attribution_config(pipeline_options,
+                                    sources["predictions"] is not None),
+                 statistics_config(pipeline_options), inputs.join_shards,
+                 sampling_rates))
+  summary = (outputs
+             | "RunSummary" >> run_summary.RunSummary(
+                 "reward_batch", gate_config(pipeline_options),
+                 run_summary.destinations(output, TABLES),
+                 gates.reward_verdicts))
+  _ = ({**outputs, schemas.RUN_SUMMARY.name: summary}
+       | "WriteOutputs" >> sinks.WriteTables(TABLES, output))
+def preflight_checks(pipeline_options) -> None:
+  """What can fail in seconds, before the pipeline starts: the outputs, the
+  log files given (build() says which inputs are required)."""
+  inputs = pipeline_options.view_as(RewardBatchOptions)
+  log_sources.log_sources(pipeline_options, None,  # One source per log.
+                          predictions=inputs.predictions,
+                          feedback=inputs.feedback)
+  preflight.check_outputs(pipeline_options, TABLES)
+  files = {}
+  for option, record_type in (("feedback", contract.FEEDBACK),
+                              ("predictions", contract.PREDICTION)):
+    if getattr(inputs, option):
+      files[option] = preflight.check_log_inputs(
+          option, getattr(inputs, option), record_type)
+  if len(files) == 2:
+    preflight.check_disjoint("predictions", files["predictions"], "feedback",
+                             files["feedback"])
+  statistics_config(pipeline_options)  # The allocation parses.
 
 
 def run(argv=None):
-  """Parse the options, build the job and run it to completion."""
+  """Check the options and inputs, run the job to completion, print its
+  summary; exit non-zero if it broke a quality gate."""
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
                                                  __doc__)
+  program = opts.program_name(RewardBatchOptions)
+  dry_run = pipeline_options.view_as(TestOptions).dry_run
+  with preflight.user_errors(program):
+    if not dry_run:  # A dry run reads nothing.
+      preflight_checks(pipeline_options)
+    output = sinks.fix_run(pipeline_options)
   with beam.Pipeline(options=pipeline_options) as pipeline:
-    build(pipeline, pipeline_options)
+    with preflight.user_errors(program):
+      build(pipeline, pipeline_options)
+  if not dry_run:
+    run_summary.finish(program, output)
   return pipeline
 
 

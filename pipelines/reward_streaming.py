@@ -24,10 +24,12 @@ import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.transforms import trigger
 from apache_beam.transforms import window
 
 from pipelines import reward_batch
+from transforms.checks import preflight
 from transforms.decisions import arm_table
 from transforms.decisions import experiments
 from transforms.logs import messages
@@ -248,7 +250,12 @@ def run(argv=None):
   """Parse the options, start the job, wait for it or stop it after --duration_s."""
   pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES, __doc__,
                                                  streaming=True)
-  result = start(pipeline_options)
+  with preflight.user_errors(opts.program_name(RewardStreamingOptions)):
+    if not pipeline_options.view_as(TestOptions).dry_run:  # Reads nothing.
+      preflight.check_outputs(pipeline_options, schemas.TABLES.values())
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build(pipeline, pipeline_options)
+  result = pipeline.run()
   duration_s = pipeline_options.view_as(RewardStreamingOptions).duration_s
   if duration_s is None:
     result.wait_until_finish()

@@ -11,11 +11,11 @@ published record is accounted for, or after --duration_s.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from google.cloud import pubsub_v1
 
 from pipelines import reward_streaming
+from transforms import options as opts
 from transforms.io import bigquery
 from emulators import bq_emulator
 from transforms.logs import messages
@@ -52,6 +53,33 @@ class DemoConfig:
   startup_s: float = 5.0  # The pipeline starts before the first record.
   dataset: str = "rewards_live"
   seed: int = 7
+
+
+DEMO_HELP = {
+    "duration_s": "how long the job runs (s)",
+    "requests_per_s": "simulated served requests per second",
+    "attribution_window_s": "the pipeline's --attribution_window_s",
+    "allowed_lateness_s": "the pipeline's --allowed_lateness_s",
+    "window_s": "the pipeline's --window_s",
+    "early_firing_s": "the pipeline's --early_firing_s",
+    "print_every_s": "seconds between two progress lines",
+    "startup_s": "seconds the pipeline gets to start before the traffic",
+    "dataset": "BigQuery emulator dataset of the tables",
+    "seed": "seed of the simulated traffic",
+}
+
+
+def missing_tools() -> str | None:
+  """What the local Pub/Sub emulator lacks on this machine, in one line."""
+  if not pubsub_emulator.is_installed():
+    return ("the Pub/Sub emulator is not installed: install the Google Cloud "
+            "CLI with its pubsub-emulator component (`gcloud components "
+            "install pubsub-emulator beta`, or the Debian package "
+            "google-cloud-cli-pubsub-emulator)")
+  if shutil.which("java") is None:
+    return ("the Pub/Sub emulator needs Java (a JRE 8 or later) on PATH, "
+            "e.g. `apt-get install default-jre-headless`")
+  return None
 
 
 def scenario(config: DemoConfig, start: float) -> simulate.Scenario:
@@ -204,14 +232,21 @@ def run_demo(config: DemoConfig, bigquery_host: str, print_=print) -> dict:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = opts.OneLineParser(prog="pipelines.streaming_demo",
+                              description=__doc__.splitlines()[0],
+                              formatter_class=opts.HelpFormatter)
   for field in dataclasses.fields(DemoConfig):
     parser.add_argument(f"--{field.name}", type=type(field.default),
-                        default=field.default)
+                        default=field.default,
+                        help=DEMO_HELP[field.name])
   parser.add_argument("--workdir", default="local/streaming_demo",
                       help="where the emulators' logs go")
   args = vars(parser.parse_args(argv))
   workdir = args.pop("workdir")
+  problem = missing_tools()
+  if problem:
+    print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+    raise SystemExit(1)
   config = DemoConfig(**args)
   logging.basicConfig(level=logging.WARNING)
   # On SIGTERM too, leave through the `with` below: it stops the emulators.

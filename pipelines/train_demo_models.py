@@ -12,7 +12,6 @@ Seeded and quick (seconds on a laptop CPU); no download:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from simulation import click_data
+from transforms import options as opts
 
 MALFORMED_JSON_LINES = (
     '{"request_id": "bad-json", "features": [0.1, ',
@@ -67,13 +67,18 @@ def write_features(out: str, features: np.ndarray) -> None:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = opts.OneLineParser(prog="pipelines.train_demo_models",
+                              description=__doc__.splitlines()[0],
+                              formatter_class=opts.HelpFormatter)
   parser.add_argument("--out", required=True, help="Output directory.")
-  parser.add_argument("--train_rows", type=int, default=50_000)
+  parser.add_argument("--train_rows", type=int, default=50_000,
+                      help="Generated rows the models are trained on.")
   parser.add_argument("--sample_rows", type=int, default=10_000,
                       help="Held-out rows written as sample features.")
-  parser.add_argument("--epochs", type=int, default=5)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--epochs", type=int, default=5,
+                      help="Training epochs.")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="Seed of the generated data and the models.")
   args = parser.parse_args(argv)
 
   os.makedirs(args.out, exist_ok=True)

@@ -1,4 +1,4 @@
-"""A static HTML report of experiments from their arm_stats and router_state.
+"""A static HTML report of experiments from their arm_stats, router_state and run_summary.
 
 Pure: rows in (as JSON lines or BigQuery give them), one self-contained HTML
 page out, its charts embedded as PNG. matplotlib draws on its Agg canvas
@@ -26,6 +26,7 @@ import numpy as np
 import scipy.stats
 
 from transforms.decisions import stats
+from transforms.logs import contract
 
 # Arm names are data: "$" in one must not switch matplotlib to math mode.
 _CHART_STYLE = {"text.parse_math": False, "font.size": 9}
@@ -37,6 +38,11 @@ _POINTS_PER_POSTERIOR = 300
 _CI_WIDTH = 6
 _SEQ_CI_WIDTH = 1.5
 _EARLIEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+# Arms take the qualitative palette without its grey (C7), which is kept with
+# the other greys for measures (served share, P(best), recommended share).
+_ARM_COLORS = tuple(f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9))
+_MEASURE_COLORS = ("0.15", "0.5", "0.8")
+_DEAD_LETTER = "dead_letter:"
 
 _NUMBER_COLUMNS = (
     ("impressions", "impressions", "count"),
@@ -58,6 +64,7 @@ class ExperimentRun:
   arms: list  # arm_stats rows of the run, the control arm first
   router_state: dict | None  # the router_state row of the same run
   earlier_runs: int  # runs of the experiment in the input not shown
+  summary: dict | None = None  # the run_summary row of the same run
 
 
 def _timestamp(value) -> datetime.datetime:
@@ -103,9 +110,13 @@ def _latest_of_run(rows: Iterable[Mapping], run: tuple) -> list:
 
 
 def latest_runs(arm_stats_rows: Iterable[Mapping],
-                router_state_rows: Iterable[Mapping]) -> list[ExperimentRun]:
+                router_state_rows: Iterable[Mapping],
+                run_summary_rows: Iterable[Mapping] = ()
+                ) -> list[ExperimentRun]:
   """Per experiment (by id), the rows of the run with the latest computed_at."""
   states = _group_by_experiment(router_state_rows)
+  summaries = {_run_key(row): row
+               for row in sorted(run_summary_rows, key=_computed_at)}
   runs = []
   for experiment_id, rows in sorted(
       _group_by_experiment(arm_stats_rows).items()):
@@ -116,6 +127,7 @@ def latest_runs(arm_stats_rows: Iterable[Mapping],
         experiment_id=experiment_id,
         arms=_control_first(arms.values()),
         router_state=run_states[-1] if run_states else None,
+        summary=summaries.get(latest),
         earlier_runs=len({_run_key(row) for row in rows}) - 1))
   return runs
 
@@ -186,7 +198,8 @@ def _text(value) -> str:
 
 def _colors(arms: Sequence[Mapping]) -> dict[str, str]:
   """One color per arm, the same in every chart of an experiment."""
-  return {row["arm"]: f"C{i % 10}" for i, row in enumerate(arms)}
+  return {row["arm"]: _ARM_COLORS[i % len(_ARM_COLORS)]
+          for i, row in enumerate(arms)}
 
 
 def _figure(height_in: float) -> Figure:
@@ -235,7 +248,8 @@ def posterior_chart(arms: Sequence[Mapping]) -> str | None:
   axes.set_xlabel("mean reward")
   axes.set_ylabel("density")
   axes.set_ylim(bottom=0)
-  axes.legend(loc="best")
+  figure.legend(loc="outside lower center", ncols=min(len(posteriors), 4),
+                frameon=False)
   return _png(figure)
 
 
@@ -246,6 +260,16 @@ def _interval_errors(center: float, low, high) -> list:
   # Floored at 0: stored tables may hold intervals a rounding off their mean
   # (written before stats.wilson_interval was clamped); matplotlib refuses them.
   return [[max(center - low, 0.0)], [max(high - center, 0.0)]]
+
+
+def _lift_floor(arms: Sequence[Mapping]) -> float | None:
+  """The least lift the reward type allows: -100% when rewards cannot be
+  negative (binary), so no interval is drawn below it."""
+  return -1.0 if arms and arms[0].get("reward_type") == stats.BINARY else None
+
+
+def _floored(value: float, floor: float | None) -> float:
+  return value if floor is None else max(value, floor)
 
 
 def mean_chart(arms: Sequence[Mapping]) -> str | None:
@@ -274,17 +298,18 @@ def lift_chart(arms: Sequence[Mapping]) -> str | None:
   if not shown:
     return None
   colors = _colors(arms)
+  floor = _lift_floor(arms)
   figure = _figure(_arm_rows_height(len(shown)) + 0.3)
   axes = figure.add_subplot()
   axes.axvline(0.0, color="0.5", linewidth=1)
   for y, row in enumerate(shown):
     color = colors[row["arm"]]
     if _defined(row.get("seq_ci_low")) and _defined(row.get("seq_ci_high")):
-      axes.hlines(y, row["seq_ci_low"], row["seq_ci_high"], color=color,
-                  linewidth=_SEQ_CI_WIDTH, alpha=0.5)
+      axes.hlines(y, _floored(row["seq_ci_low"], floor), row["seq_ci_high"],
+                  color=color, linewidth=_SEQ_CI_WIDTH, alpha=0.5)
     if _defined(row.get("lift_ci_low")) and _defined(row.get("lift_ci_high")):
-      axes.hlines(y, row["lift_ci_low"], row["lift_ci_high"], color=color,
-                  linewidth=_CI_WIDTH)
+      axes.hlines(y, _floored(row["lift_ci_low"], floor), row["lift_ci_high"],
+                  color=color, linewidth=_CI_WIDTH)
     axes.plot([row["lift"]], [y], "o", color="black", markersize=4)
   axes.set_yticks(range(len(shown)), [row["arm"] for row in shown])
   axes.set_ylim(len(shown) - 0.5, -0.5)
@@ -321,7 +346,8 @@ def traffic_chart(arms: Sequence[Mapping],
   for i, (name, values) in enumerate(series):
     positions = np.arange(len(arms)) + (i - (len(series) - 1) / 2) * height
     bars = axes.barh(positions, [v if _defined(v) else 0.0 for v in values],
-                     height=height, label=name, color=f"C{i}")
+                     height=height, label=name, color=_MEASURE_COLORS[i],
+                     edgecolor="0.3", linewidth=0.5)
     axes.bar_label(bars, [_format(v, "share") for v in values], padding=2,
                    fontsize=7)
   axes.set_yticks(range(len(arms)), [_arm_label(row) for row in arms])
@@ -352,6 +378,9 @@ th { text-align: left; background: #f5f5f5; }
 .srm { padding: 0.5rem 0.8rem; border-radius: 4px; background: #eef6ee; }
 .srm.alert { background: #fbe3e3; border: 1px solid #c62828; }
 .srm.untested { background: #f5f5f5; }
+.quality { padding: 0.5rem 0.8rem; border-radius: 4px; background: #eef6ee; }
+.quality.failed { background: #fbe3e3; border: 1px solid #c62828; }
+.quality.unknown { background: #f5f5f5; }
 """
 
 
@@ -423,10 +452,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[tuple]]) -> str:
 
 def _allocation_note(expected_allocation: Mapping[str, float] | None) -> str:
   if expected_allocation is None:
-    return "Expected shares: an equal split across the arms."
+    return ("Expected shares: an equal split across the arms, as the run's "
+            "sample-ratio test used.")
   weights = ", ".join(f"{arm}={weight:g}"
                       for arm, weight in expected_allocation.items())
-  return f"Expected shares: the allocation {weights}, over the arms present."
+  return (f"Expected shares: the allocation {weights} the run's sample-ratio "
+          "test used, over the arms present.")
 
 
 def _srm_html(arms: Sequence[Mapping],
@@ -464,12 +495,66 @@ def _meta_html(run: ExperimentRun) -> str:
   return f'<p class="meta">{" · ".join(html.escape(p) for p in parts)}</p>'
 
 
-def _experiment_html(anchor: str, run: ExperimentRun,
-                     expected_allocation: Mapping[str, float] | None) -> str:
+def _summary_experiment(run: ExperimentRun) -> Mapping:
+  return next((e for e in (run.summary or {}).get("experiments") or ()
+               if e.get("experiment_id") == run.experiment_id), {})
+
+
+def expected_allocation(run: ExperimentRun) -> dict[str, float] | None:
+  """The allocation the run's SRM test used (its run_summary row); None:
+  equal, or unknown without that row."""
+  text = _summary_experiment(run).get("expected_allocation")
+  if not text:
+    return None
+  return {arm: float(weight) for arm, _, weight in
+          (part.partition("=") for part in text.split(","))}
+
+
+def _quality_html(run: ExperimentRun) -> str:
+  """Data quality of the run: dead-letter shares, orphans, gate verdicts."""
+  if run.summary is None:
+    return ('<p class="quality unknown">Data quality unknown: no run_summary '
+            f"row for run {_text(run.arms[0].get('run_id'))}.</p>")
+  counts = collections.defaultdict(collections.Counter)
+  for row in run.summary.get("counts") or ():
+    counts[row["record_type"]][row["metric"]] += row["count"]
+  rows = []
+  for record_type, metrics in sorted(counts.items()):
+    dead = sum(n for metric, n in metrics.items()
+               if metric.startswith(_DEAD_LETTER))
+    read = metrics.get("read", 0)
+    orphans = (metrics.get(_DEAD_LETTER + contract.ORPHAN_FEEDBACK, 0)
+               if record_type == contract.FEEDBACK else None)
+    rows.append(((record_type, False), (_format(read, "count"), True),
+                 (_format(dead, "count"), True),
+                 (_format(dead / read if read else None, "share"), True),
+                 (_format(orphans, "count"), True)))
+  concerning = {run.experiment_id, *counts}
+  gates = [g for g in run.summary.get("gates") or ()
+           if g["subject"] in concerning or not g["passed"]]
+  failed = [g for g in gates if not g["passed"]]
+  status = run.summary.get("status")
+  if failed:
+    verdict = (f'<p class="quality failed"><strong>This run broke '
+               f"{len(failed)} quality gate(s)</strong> (status {_text(status)}"
+               "): do not act on these numbers before the cause is fixed.</p>")
+  else:
+    verdict = '<p class="quality">Every quality gate passed.</p>'
+  gate_rows = [((g["gate"], False), (g["subject"], False),
+                ("ok" if g["passed"] else "FAILED", False),
+                (g.get("detail"), False)) for g in gates]
+  return (verdict +
+          _table(("record type", "read", "dead-lettered", "share",
+                  "orphan feedback"), rows) +
+          _table(("gate", "subject", "verdict", "detail"), gate_rows))
+
+
+def _experiment_html(anchor: str, run: ExperimentRun) -> str:
   return "".join([
       f'<section id="{anchor}"><h2>{html.escape(run.experiment_id)}</h2>',
       _meta_html(run),
-      "<h3>Sample ratio</h3>", _srm_html(run.arms, expected_allocation),
+      "<h3>Data quality</h3>", _quality_html(run),
+      "<h3>Sample ratio</h3>", _srm_html(run.arms, expected_allocation(run)),
       "<h3>Charts</h3>", _charts_html(run),
       "<h3>Numbers</h3>", _numbers_html(run.arms),
       "</section>"])
@@ -491,30 +576,30 @@ def _summary_html(anchors: Sequence[str],
         f'<tr><td><a href="#{anchor}">{html.escape(run.experiment_id)}</a>'
         f"</td><td>{_text(run.arms[0].get('reward_type'))}</td>"
         f'<td class="num">{len(run.arms)}</td><td>{_text(best)}</td>'
-        f"<td>{_text(_srm_status(run.arms))}</td></tr>")
+        f"<td>{_text(_srm_status(run.arms))}</td>"
+        f"<td>{_text((run.summary or {}).get('status', 'unknown'))}</td></tr>")
   return ("<table><tr><th>experiment</th><th>rewards</th><th>arms</th>"
-          "<th>best arm</th><th>sample ratio</th></tr>" + "".join(rows) +
-          "</table>")
+          "<th>best arm</th><th>sample ratio</th><th>quality gates</th></tr>" +
+          "".join(rows) + "</table>")
 
 
 def render_report(arm_stats_rows: Iterable[Mapping],
                   router_state_rows: Iterable[Mapping] = (),
                   source: str | None = None,
-                  expected_allocation: Mapping[str, float] | None = None
-                  ) -> str:
+                  run_summary_rows: Iterable[Mapping] = ()) -> str:
   """The HTML page of every experiment in the rows (its latest run).
 
   Args:
     arm_stats_rows: rows of the arm_stats table, of any runs.
     router_state_rows: rows of the router_state table, of any runs.
     source: where the rows come from, named on the page.
-    expected_allocation: the planned traffic weight per arm behind the
-      expected shares of impressions; equal weights when None.
+    run_summary_rows: rows of the run_summary table: each run's data
+      quality, gates, and the expected allocation its SRM test used.
   """
-  runs = latest_runs(arm_stats_rows, router_state_rows)
+  runs = latest_runs(arm_stats_rows, router_state_rows, run_summary_rows)
   anchors = [f"experiment-{i}" for i in range(len(runs))]
   with matplotlib.rc_context(_CHART_STYLE):
-    sections = [_experiment_html(anchor, run, expected_allocation)
+    sections = [_experiment_html(anchor, run)
                 for anchor, run in zip(anchors, runs)]
   source_html = f" from {html.escape(source)}" if source else ""
   return "".join([

@@ -53,16 +53,19 @@ with open(sys.argv[2], "w") as out:
             default=str)
 """
 
+# Runs the local DAG with dag.test(); writes the run's state and its tasks'.
 RUN_LOCAL_DAG = """
-import datetime, sys
+import datetime, json, sys
 from airflow.dag_processing.dagbag import BundleDagBag
 
 bag = BundleDagBag(dag_folder=sys.argv[1], bundle_path=sys.argv[1])
 run = bag.dags["online_eval_local_rewards"].test(
     logical_date=datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc),
-    run_conf={"workdir": sys.argv[2], "requests": 500})
+    run_conf={"workdir": sys.argv[2], "requests": 500,
+              **json.loads(sys.argv[4])})
 with open(sys.argv[3], "w") as out:
-  out.write(str(run.state))
+  json.dump({"run": str(run.state), "tasks": {
+      ti.task_id: str(ti.state) for ti in run.get_task_instances()}}, out)
 """
 
 
@@ -170,14 +173,26 @@ def read_rows(directory: pathlib.Path, table: str) -> list[dict]:
   return rows
 
 
-def test_local_dag_runs_end_to_end(airflow_env, tmp_path):
+@pytest.fixture(scope="module")
+def airflow_db(airflow_env):
   subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"],
                  env=airflow_env, check=True, stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
-  state = tmp_path / "state.txt"
-  run_python(airflow_env, RUN_LOCAL_DAG, DAGS, tmp_path, state)
+  return airflow_env
 
-  assert state.read_text() == "success"
+
+def run_local_dag(airflow_env, workdir: pathlib.Path, **conf) -> dict:
+  """dag.test() of the local DAG: {"run": state, "tasks": {task: state}}."""
+  states = workdir / "states.json"
+  run_python(airflow_env, RUN_LOCAL_DAG, DAGS, workdir, states,
+             json.dumps(conf))
+  return json.loads(states.read_text())
+
+
+def test_local_dag_runs_end_to_end(airflow_db, tmp_path):
+  states = run_local_dag(airflow_db, tmp_path)
+
+  assert states["run"] == "success"
   # The run of 2026-01-02 owns the previous day.
   out = tmp_path / "out" / "dt=2026-01-01"
   arm_stats = read_rows(out, "arm_stats")
@@ -188,3 +203,20 @@ def test_local_dag_runs_end_to_end(airflow_env, tmp_path):
   [router_state] = read_rows(out, "router_state")
   assert router_state["best_arm"] in {"candidate-a", "candidate-b", "control"}
   assert read_rows(out, "data_quality")
+
+
+def test_local_dag_fails_its_check_on_a_run_that_broke_a_gate(airflow_db,
+                                                             tmp_path):
+  # No arm is called "Control": the run writes its tables, then fails.
+  states = run_local_dag(airflow_db, tmp_path, control_arm="Control")
+
+  assert states["run"] == "failed"
+  assert states["tasks"]["aggregate_rewards"] == "failed"
+  # The check ran all the same and failed on the run's run_summary row.
+  assert states["tasks"]["check_router_state"] == "failed"
+  out = tmp_path / "out" / "dt=2026-01-01"
+  [summary] = read_rows(out, "run_summary")
+  assert summary["status"] == "failed"
+  assert [(g["gate"], g["subject"]) for g in summary["gates"]
+          if not g["passed"]] == [("control_arm", "homepage-ranker")]
+  assert read_rows(out, "arm_stats")  # Nothing is lost.

@@ -233,12 +233,14 @@ def test_sampling_rates(text, expected):
 @pytest.mark.parametrize("text", ["0", "1.5", "e=0", "e=2"])
 def test_sampling_rates_outside_zero_to_one_are_refused(text):
   from transforms import options as opts
-  with pytest.raises(ValueError, match="not in"):
+  with pytest.raises(ValueError, match="not in|positive weight"):
     opts.parse_sampling_rate(text)
 
 
-def test_a_run_without_any_feedback_source_says_so(tmp_path):
-  with pytest.raises(ValueError, match="required: --feedback, "
-                     "--feedback_table or --feedback_query"):
+def test_a_run_without_any_feedback_source_says_so(tmp_path, capsys):
+  with pytest.raises(SystemExit) as stop:
     reward_batch.run([f"--predictions={fixture('vertex_predictions.jsonl')}",
                       f"--output_dir={tmp_path}"])
+  assert stop.value.code == 2
+  assert ("required: --feedback, --feedback_table or --feedback_query"
+          in capsys.readouterr().err)

@@ -229,10 +229,12 @@ def test_run_on_a_jsonl_directory(tmp_path, two_experiments):
   _write_jsonl(tmp_path / "arm_stats-00000-of-00002.jsonl", binary)
   _write_jsonl(tmp_path / "arm_stats-00001-of-00002.jsonl", continuous)
   _write_jsonl(tmp_path / "router_state-00000-of-00001.json", router_states)
+  # The allocation the run used comes from its own run_summary row.
+  _write_jsonl(tmp_path / "run_summary-00000-of-00001.jsonl", [_summary_row(
+      arm_stats, {CONTINUOUS_EXPERIMENT: "control=2,bigger-basket=1"})])
   out = tmp_path / "pages" / "report.html"
 
-  written = report.run(["--input", str(tmp_path), "--out", str(out),
-                        "--expected_allocation", "control=2,bigger-basket=1"])
+  written = report.run(["--input", str(tmp_path), "--out", str(out)])
 
   assert written == str(out)
   page = out.read_text()
@@ -241,6 +243,69 @@ def test_run_on_a_jsonl_directory(tmp_path, two_experiments):
   assert html.escape(ODD_ARM) in _section(page, BINARY_EXPERIMENT)
   assert "the allocation control=2, bigger-basket=1" in page
   assert f"from {html.escape(str(tmp_path))}" in page
+
+
+def _summary_row(arm_stats, allocations=None, gates=(), status="passed",
+                 counts=()):
+  """The run_summary row of the run of `arm_stats`."""
+  experiments = sorted({row["experiment_id"] for row in arm_stats})
+  return {**_run_fields(arm_stats[0]["run_id"], T0 + 2 * HOUR),
+          "pipeline": "reward_batch", "status": status, "gates": list(gates),
+          "counts": list(counts), "tables": [],
+          "experiments": [{"experiment_id": e, "expected_allocation":
+                           (allocations or {}).get(e)} for e in experiments]}
+
+
+def test_data_quality_and_gates_of_the_run_head_each_experiment(
+    two_experiments):
+  arm_stats, states = two_experiments
+  counts = [{"record_type": "feedback", "metric": "read", "count": 1000},
+            {"record_type": "feedback", "metric": "dead_letter:wrong_type",
+             "count": 700},
+            {"record_type": "feedback",
+             "metric": "dead_letter:orphan_feedback", "count": 100}]
+  gates = [{"gate": "dead_letter_fraction", "subject": "feedback",
+            "passed": False, "detail": "800 of 1,000 feedback records"},
+           {"gate": "control_arm", "subject": BINARY_EXPERIMENT,
+            "passed": True, "detail": "control arm control"}]
+  summary = _summary_row(arm_stats, gates=gates, status="failed",
+                         counts=counts)
+
+  page = report_html.render_report(arm_stats, states, run_summary_rows=[
+      summary])
+
+  binary = _section(page, BINARY_EXPERIMENT)
+  quality = binary[binary.index("<h3>Data quality</h3>"):
+                   binary.index("<h3>Sample ratio</h3>")]
+  assert "broke 1 quality gate(s)</strong> (status failed)" in quality
+  assert ('<td>feedback</td><td class="num">1,000</td><td class="num">800'
+          '</td><td class="num">80.0%</td><td class="num">100</td>') in quality
+  assert "<td>FAILED</td><td>800 of 1,000 feedback records</td>" in quality
+  # A gate on another experiment is not shown under this one.
+  assert "control arm control" in quality
+  assert "control arm control" not in _section(page, CONTINUOUS_EXPERIMENT)
+  # Without a run_summary row the report says it does not know.
+  unknown = report_html.render_report(arm_stats, states)
+  assert "Data quality unknown: no run_summary row" in _section(
+      unknown, BINARY_EXPERIMENT)
+
+
+def test_binary_lift_intervals_stop_at_minus_100_percent():
+  arms = [{"arm": "control", "reward_type": stats.BINARY},
+          {"arm": "b", "reward_type": stats.BINARY}]
+  assert report_html._lift_floor(arms) == -1.0
+  assert report_html._floored(-1.7, -1.0) == -1.0
+  assert report_html._floored(-0.2, -1.0) == -0.2
+  continuous = [{**arm, "reward_type": stats.CONTINUOUS} for arm in arms]
+  assert report_html._lift_floor(continuous) is None
+
+
+def test_arm_colours_differ_from_measure_colours():
+  arms = [{"arm": f"arm-{i}"} for i in range(9)]
+  colours = set(report_html._colors(arms).values())
+  assert len(colours) == 9
+  assert not colours & set(report_html._MEASURE_COLORS)
+  assert "C7" not in colours  # matplotlib's grey
 
 
 def test_run_without_arm_stats_fails(tmp_path):

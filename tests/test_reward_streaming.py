@@ -422,7 +422,9 @@ def test_batch_and_streaming_agree_once_every_window_has_closed(tmp_path):
   reward_batch.run([f"--predictions={tmp_path / 'predictions.jsonl'}",
                     f"--feedback={tmp_path / 'feedback.jsonl'}",
                     f"--output_dir={tmp_path / 'batch'}",
-                    "--attribution_window_s=600", "--control_arm=a",
+                    "--attribution_window_s=600", "--control_arm=control",
+                    # 2% malformed and 3% orphan feedback, on purpose.
+                    "--max_dead_letter_fraction=0.1",
                     "--runner=FnApiRunner"])
   batch_arms = [totals(r) for r in read_jsonl(tmp_path / "batch", "arm_stats")]
   batch_counts = {

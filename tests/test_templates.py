@@ -40,10 +40,10 @@ PARAMETERS = {
         output_dir="out"),
 }
 TOP_LEVEL_TRANSFORMS = {
-    "reward_batch": {"RewardAggregation", "WriteOutputs"},
+    "reward_batch": {"RewardAggregation", "RunSummary", "WriteOutputs"},
     "reward_streaming": {"Read_predictions", "Read_feedback",
                          "RewardStreaming", "WriteOutputs"},
-    "batch_inference": {"BatchInference", "WriteOutputs"},
+    "batch_inference": {"BatchInference", "RunSummary", "WriteOutputs"},
     "training_export": {"TrainingExport", "WriteOutputs"},
 }
 

@@ -6,6 +6,7 @@ decisions/    statistics, router state and per-experiment tables
 scoring/      model inputs, the shared Keras model handler, prediction rows
 io/           output schemas, sinks (BigQuery, files), coders
 export/       training data: tf.train.Example encoding, de-identification
+checks/       preflight before a run, quality gates and the run summary after
 
 Each sub-package mixes two tiers: a pure core (no Beam import: one record's
 parsing, statistics, schemas), and the Beam composites built on it. Imports
@@ -30,4 +31,6 @@ PURE_CORE = (
     "transforms.export.deid",
     "transforms.export.examples",
     "transforms.export.training_set",
+    "transforms.checks.gates",
+    "transforms.checks.summary",
 )

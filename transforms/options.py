@@ -11,14 +11,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import difflib
+import math
+import re
+import sys
 from typing import Any, Callable
 
+from apache_beam.options import pipeline_options as beam_options
 from apache_beam.options.pipeline_options import PipelineOptions
 
 DATASET_REGEX = r"^[A-Za-z0-9_.:-]+:[A-Za-z0-9_]+$|^[A-Za-z0-9_.:-]+\.[A-Za-z0-9_]+$"
 DATE_REGEX = r"^\d{4}-\d{2}-\d{2}$"
 SUBSCRIPTION_REGEX = r"^projects/[^/]+/subscriptions/[^/]+$"
 TABLE_REGEX = r"^[A-Za-z0-9_.:-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$"
+ALLOCATION_REGEX = r"^([^=,]+=[0-9.]+)(,[^=,]+=[0-9.]+)*$"
+NUMBER_REGEX = r"^[0-9.]+$"
+COUNT_REGEX = r"^[0-9]+$"
+# What a value matching a regex looks like, for the command line's message.
+REGEX_MEANINGS = {
+    DATE_REGEX: "a date YYYY-MM-DD",
+    DATASET_REGEX: "PROJECT:DATASET",
+    SUBSCRIPTION_REGEX: "projects/PROJECT/subscriptions/NAME",
+    ALLOCATION_REGEX: "ARM=WEIGHT,... such as control=1,treatment=1",
+    NUMBER_REGEX: "a number without sign or exponent",
+    COUNT_REGEX: "a whole number",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,17 +60,27 @@ class Option:
     return not self.required
 
   def add_to(self, parser) -> None:
-    kwargs = {"help": self.help, "default": self.default}
+    kwargs = {"help": self.help, "default": self.default,
+              "type": self.checked_type}
     if self.action:
       kwargs["action"] = self.action
-    else:
-      kwargs["type"] = self.type
     if self.type is parse_bool:
       # `--flag` alone, or `--flag=true|false` as a template parameter passes it.
       kwargs.update(nargs="?", const=True)
     if self.choices:
       kwargs["choices"] = self.choices
     parser.add_argument(f"--{self.name}", **kwargs)
+
+  def checked_type(self, text: str):
+    """The value of `text`, after the checks the template applies at launch."""
+    for regex in self.regexes:
+      if not re.match(regex, text):
+        expected = REGEX_MEANINGS.get(regex, f"a match of {regex}")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+    try:
+      return self.type(text)
+    except ValueError as error:
+      raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
 
 
 def parse_bool(text: str) -> bool:
@@ -63,6 +90,12 @@ def parse_bool(text: str) -> bool:
 
 
 BOOL_REGEX = r"^(true|false|True|False)$"
+
+
+def iso_date(text: str) -> str:
+  """A YYYY-MM-DD that is a day of the calendar, as given."""
+  datetime.date.fromisoformat(text)  # ValueError: "month must be in 1..12".
+  return text
 
 
 def today() -> str:
@@ -96,7 +129,7 @@ OUTPUT_OPTIONS = (
     Option("partition_date",
            "Day partition (YYYY-MM-DD) this run owns in every table; a re-run "
            "replaces it. Default: today (UTC); a streaming job's rows go to "
-           "the day they are computed on.", "Partition date",
+           "the day they are computed on.", "Partition date", type=iso_date,
            regexes=(DATE_REGEX,)),
     Option("pseudonymize_key_env",
            "Name of an environment variable holding a key: user_id in "
@@ -126,7 +159,7 @@ STATISTICS_OPTIONS = (
     Option("expected_allocation",
            "Expected traffic split for the sample-ratio check, "
            "arm=weight,... (default: equal).", "Expected allocation",
-           regexes=(r"^([^=,]+=[0-9.]+)(,[^=,]+=[0-9.]+)*$",)),
+           regexes=(ALLOCATION_REGEX,)),
     Option("seq_tuning",
            "Spread (tau) of the mixture SPRT over the relative lift: the "
            "sequential statistics are most sensitive to lifts of about this "
@@ -186,27 +219,130 @@ def parse_sampling_rate(text: str | None) -> dict[str | None, float]:
   if "=" not in text:
     rates = {None: float(text)}
   else:
-    rates = parse_allocation(text)
+    rates = parse_allocation(text, option="--sampling_rate")
   for experiment, rate in rates.items():
     if not 0.0 < rate <= 1.0:
       raise ValueError(f"sampling rate of {experiment or 'every experiment'} "
                        f"not in (0, 1]: {rate}")
   return rates
+GATE_OPTIONS = (
+    Option("max_dead_letter_fraction",
+           "Quality gate: at most this fraction of each record type's "
+           "records may be dead-lettered; a run beyond it fails (after "
+           "writing its tables).", "Maximum dead-letter fraction", type=float,
+           default=0.05, regexes=(NUMBER_REGEX,)),
+    Option("allow_partial",
+           "Accept a run that breaks a quality gate: exit 0, run_summary "
+           "status `accepted` instead of `failed`.", "Allow partial results",
+           type=parse_bool, default=False, regexes=(BOOL_REGEX,)),
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """The description as written, and each option's default after its help."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default not in (None, argparse.SUPPRESS, []) and (
+        action.option_strings) and "%(default)" not in text:
+      text += " (default: %(default)s)"
+    return text
+
+
+def usage_error(program: str, message: str) -> SystemExit:
+  """One line on stderr, exit status 2 (argparse's for a bad command line)."""
+  print(f"{program}: error: {message}", file=sys.stderr)
+  return SystemExit(2)
+
+
+def _beam_option_classes():
+  """Beam's own options classes (runner, Google Cloud, worker, ...)."""
+  return [cls for cls in PipelineOptions.__subclasses__()
+          if cls.__module__.startswith("apache_beam.")]
+
+
+def _option_parser(option_classes) -> argparse.ArgumentParser:
+  parser = beam_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  for option_class in {str(c): c for c in (*_beam_option_classes(),
+                                            *option_classes)}.values():
+    option_class._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser
+
+
+def unknown_arguments_error(program: str, unknown, known_options):
+  """The usage error for arguments no parser took: an unknown option (with
+  the closest known one), or a positional argument (a pattern the shell
+  expanded)."""
+  for argument in unknown:
+    if argument.startswith("-"):
+      name = argument.split("=", 1)[0]
+      close = difflib.get_close_matches(name.replace("-", "_"), known_options,
+                                        n=1, cutoff=0.6)
+      hint = f"; did you mean {close[0]}?" if close else ""
+      return usage_error(program, f"unknown option {name}{hint}")
+  return usage_error(
+      program, f"unexpected argument {unknown[0]!r}: an option value is one "
+      "argument; quote a file pattern ('logs/*.jsonl') so the shell does not "
+      "expand it")
+
+
+def _option_strings(parser) -> list[str]:
+  return [o for action in parser._actions for o in action.option_strings]  # pylint: disable=protected-access
+
+
+def check_known(argv, option_classes, program: str) -> None:
+  """Raises a usage error for an option neither the pipeline nor Beam knows
+  (Beam would warn and run on without it) and for a positional argument."""
+  parser = _option_parser(option_classes)
+  _, unknown = parser.parse_known_args(argv)
+  if unknown:
+    raise unknown_arguments_error(program, unknown, _option_strings(parser))
+
+
+def program_name(option_class) -> str:
+  """The module a pipeline runs as (`python -m NAME`), even as __main__."""
+  module = sys.modules.get(option_class.__module__)
+  spec = getattr(module, "__spec__", None)
+  return spec.name if spec else option_class.__module__
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """An argparse parser whose usage errors are one line (no usage block),
+  that takes no abbreviation (as Beam's: --output is not --output_dir) and
+  names the option an unknown one resembles."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("allow_abbrev", False)
+    super().__init__(*args, **kwargs)
+
+  def error(self, message):
+    raise usage_error(self.prog, message)
+
+  def parse_args(self, args=None, namespace=None):
+    parsed, unknown = self.parse_known_args(args, namespace)
+    if unknown:
+      raise unknown_arguments_error(self.prog, unknown,
+                                    _option_strings(self))
+    return parsed
 
 
 def parse_pipeline_options(argv, option_classes, description: str,
                            **overrides) -> PipelineOptions:
   """The PipelineOptions of a command line. `--help` lists the pipeline's own
-  options (Beam's parser knows none of them yet), and a bad value of one of
-  them stops with a usage error instead of a traceback."""
-  parser = argparse.ArgumentParser(
-      description=description,
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      allow_abbrev=False,  # As Beam's: --output must not stand for --output_dir.
-      epilog="Beam's options (--runner, --project, ...) are accepted too.")
+  options with their defaults (Beam's parser knows none of them yet). A bad
+  value of one of them (the template's checks apply), an unknown option or a
+  stray argument stops with a one-line usage error, exit status 2."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  parser = OneLineParser(
+      prog=program_name(option_classes[0]), description=description,
+      formatter_class=HelpFormatter,
+      epilog="Beam's options (--runner, --project, ...) are accepted too.\n"
+      "Exit status: 0 done; 2 refused before the start (nothing written);\n"
+      "3 the run broke a quality gate (tables written, run_summary says why).")
   for option_class in option_classes:
     option_class._add_argparse_args(parser)  # pylint: disable=protected-access
   parser.parse_known_args(argv)
+  check_known(argv, option_classes, parser.prog)
   return PipelineOptions(argv, **overrides)
 
 
@@ -223,14 +359,26 @@ def check_required(view, options) -> None:
     raise ValueError(f"required: {', '.join(missing)}")
 
 
-def parse_allocation(text: str | None) -> dict[str, float] | None:
-  """"a=1,b=2" -> {"a": 1.0, "b": 2.0}."""
+def parse_allocation(text: str | None, option: str = "--expected_allocation"
+                     ) -> dict[str, float] | None:
+  """"a=1,b=2" -> {"a": 1.0, "b": 2.0}: positive weights, each name once;
+  a ValueError names `option` otherwise."""
   if not text:
     return None
   allocation = {}
   for part in text.split(","):
-    arm, _, weight = part.partition("=")
-    allocation[arm.strip()] = float(weight)
+    arm, separator, weight = part.partition("=")
+    arm = arm.strip()
+    try:
+      value = float(weight)
+    except ValueError:
+      value = math.nan
+    if not (separator and arm and 0 < value < math.inf):
+      raise ValueError(f"{option} {text}: {part!r} is not NAME=WEIGHT with "
+                       "a positive weight")
+    if arm in allocation:
+      raise ValueError(f"{option} {text}: {arm} twice")
+    allocation[arm] = value
   return allocation
 
 
@@ -248,6 +396,12 @@ class LogSourceOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, LOG_SOURCE_OPTIONS)
+class QualityGateOptions(PipelineOptions):
+  """What a finished run is held to (transforms/checks/gates.py)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, GATE_OPTIONS)
 
 
 class OutputFileOptions(PipelineOptions):

@@ -1,8 +1,8 @@
 """Online-eval pipelines on Dataflow, launched from their Flex Templates.
 
   online_eval_rewards_daily      03:00 UTC: the previous day's partition
-      aggregate_rewards (reward_batch) >> check_router_state
-      >> publish_router_state (router_state_current, what routers read)
+      aggregate_rewards (reward_batch) >> check_router_state (run_summary
+      gates, router state) >> publish_router_state (router_state_current, what routers read)
   online_eval_inference_nightly  01:00 UTC: batch_inference on the previous
       day's features
   online_eval_streaming_deploy   manual: launch reward_streaming, or update
@@ -57,16 +57,27 @@ with DAG(dag_id="online_eval_rewards_daily",
           partition_date=PARTITION, run_id="{{ run_id }}"),
       wait_until_finished=True)
 
-  # Every experiment with arm statistics that day has its router state.
+  # The run held its quality gates (its run_summary row is not `failed`: a
+  # Dataflow job finishes whatever they say), and every experiment with arm
+  # statistics that day has its router state.
   check_router_state = BigQueryCheckOperator(
       task_id="check_router_state", use_legacy_sql=False,
       sql=f"""
-        SELECT COUNT(*) > 0, COUNTIF(state.experiment_id IS NULL) = 0
-        FROM (SELECT DISTINCT experiment_id FROM {table('dataset', 'arm_stats')}
-              WHERE partition_date = '{PARTITION}') AS stats
-        LEFT JOIN (SELECT experiment_id FROM {table('dataset', 'router_state')}
-                   WHERE partition_date = '{PARTITION}') AS state
-        ON stats.experiment_id = state.experiment_id""")
+        WITH stats AS (
+          SELECT DISTINCT experiment_id FROM {table('dataset', 'arm_stats')}
+          WHERE partition_date = '{PARTITION}'),
+        state AS (
+          SELECT experiment_id FROM {table('dataset', 'router_state')}
+          WHERE partition_date = '{PARTITION}'),
+        summary AS (
+          SELECT status FROM {table('dataset', 'run_summary')}
+          WHERE partition_date = '{PARTITION}' AND run_id = '{{{{ run_id }}}}')
+        SELECT
+          (SELECT COUNT(*) > 0 FROM stats),
+          (SELECT COUNTIF(state.experiment_id IS NULL) = 0
+           FROM stats LEFT JOIN state USING (experiment_id)),
+          (SELECT COUNT(*) = 1 AND COUNTIF(status = 'failed') = 0
+           FROM summary)""")
 
   # Routers poll one small table; it changes only after the check passed, and
   # always to the newest day (a backfill does not roll it back).

@@ -3,6 +3,11 @@
 
   simulate_logs >> aggregate_rewards (reward_batch) >> check_router_state
 
+A run that breaks a quality gate writes its tables and exits non-zero, so
+aggregate_rewards fails; check_router_state runs all the same, reads the
+run's run_summary row and fails naming the broken gates (as the Dataflow
+DAG's check does, where a job finishes whatever its gates say).
+
 Same pipeline and template parameters as online_eval_rewards_daily, so the
 DAG can be exercised without Google Cloud. From the repository root, with
 `pip install -e .[airflow]`:
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import glob
+import json
 import sys
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
@@ -39,7 +45,10 @@ with DAG(dag_id="online_eval_local_rewards",
          params={"workdir": Param("local/airflow", type="string",
                                   description="Where logs and tables go"),
                  "requests": Param(5000, type="integer", minimum=1,
-                                   description="Simulated served requests")},
+                                   description="Simulated served requests"),
+                 "control_arm": Param("control", type="string",
+                                      description="The pipeline's "
+                                      "--control_arm")},
          tags=["online-eval", "local"]):
 
   @task
@@ -59,15 +68,29 @@ with DAG(dag_id="online_eval_local_rewards",
           "reward_batch", predictions=f"{LOGS}/predictions.jsonl",
           feedback=f"{LOGS}/feedback.jsonl", output_dir=OUTPUT,
           partition_date=PARTITION, run_id="{{ run_id }}",
-          control_arm="control"))
+          control_arm="{{ params.control_arm }}"))
 
-  @task
-  def check_router_state(output_dir: str) -> int:
-    """Fail unless the run wrote router state; return its row count."""
-    rows = 0
-    for path in glob.glob(f"{output_dir}/router_state-*-of-*"):
+  def read_rows(output_dir: str, table: str) -> list[dict]:
+    rows = []
+    for path in glob.glob(f"{output_dir}/{table}-*-of-*"):
       with open(path) as lines:
-        rows += sum(1 for line in lines if line.strip())
+        rows += [json.loads(line) for line in lines if line.strip()]
+    return rows
+
+  @task(trigger_rule="all_done")
+  def check_router_state(output_dir: str, run_id=None) -> int:
+    """Fail unless this run's run_summary says its gates held (or were
+    accepted) and it wrote router state; return the router_state rows."""
+    summaries = [row for row in read_rows(output_dir, "run_summary")
+                 if row["run_id"] == run_id]
+    if not summaries:
+      raise ValueError(f"no run_summary row of run {run_id} in {output_dir}")
+    failed = [f"{gate['gate']} [{gate['subject']}]: {gate['detail']}"
+              for gate in summaries[0]["gates"] if not gate["passed"]]
+    if summaries[0]["status"] == "failed":
+      raise ValueError(f"run {run_id} broke its quality gates: " +
+                       "; ".join(failed))
+    rows = len(read_rows(output_dir, "router_state"))
     if not rows:
       raise ValueError(f"no router_state rows in {output_dir}")
     return rows

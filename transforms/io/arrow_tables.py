@@ -26,8 +26,13 @@ _TYPES = {
 _AS_TEXT = {"TIMESTAMP", "DATE"}
 
 
-def _field(name: str, kind: str, mode: str, as_text: bool = False) -> pa.Field:
-  value_type = pa.string() if as_text and kind in _AS_TEXT else _TYPES[kind]
+def _field(name: str, kind, mode: str, as_text: bool = False) -> pa.Field:
+  if isinstance(kind, tuple):  # A RECORD: its fields.
+    value_type = pa.struct([_field(*field, as_text=as_text) for field in kind])
+  elif as_text and kind in _AS_TEXT:
+    value_type = pa.string()
+  else:
+    value_type = _TYPES[kind]
   if mode == "REPEATED":
     return pa.field(name, pa.list_(value_type))
   return pa.field(name, value_type)

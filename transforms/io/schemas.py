@@ -195,3 +195,39 @@ EXPORT_SUMMARY = Table("export_summary", EXPORT_SUMMARY_FIELDS,
 
 EXPORT_TABLES = {t.name: t for t in (EXPORT_SUMMARY, DEAD_LETTER,
                                      DATA_QUALITY)}
+
+# One row per batch run: the quality gates' verdicts and what they were taken
+# from (transforms/checks/). A scheduler publishes a run's results only if its
+# status is not "failed".
+
+GATE_FIELDS = (
+    ("gate", "STRING", "REQUIRED"),
+    ("subject", "STRING", "REQUIRED"),  # A record type, an output, an experiment.
+    ("passed", "BOOL", "REQUIRED"),
+    ("detail", "STRING", "NULLABLE"),
+)
+
+RUN_EXPERIMENT_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("arms", "STRING", "NULLABLE"),  # Comma-separated, sorted.
+    ("control_arm", "STRING", "NULLABLE"),  # The control the run used.
+    ("impressions", "INT64", "NULLABLE"),
+    ("feedback_count", "INT64", "NULLABLE"),
+    ("expected_allocation", "STRING", "NULLABLE"),  # arm=weight,...; null: equal.
+)
+
+RUN_SUMMARY_FIELDS = (
+    ("pipeline", "STRING", "REQUIRED"),
+    ("status", "STRING", "REQUIRED"),  # passed, failed or accepted.
+    ("allow_partial", "BOOL", "NULLABLE"),
+    ("gates", GATE_FIELDS, "REPEATED"),
+    ("counts", (("record_type", "STRING", "REQUIRED"),
+                ("metric", "STRING", "REQUIRED"),
+                ("count", "INT64", "REQUIRED")), "REPEATED"),
+    ("experiments", RUN_EXPERIMENT_FIELDS, "REPEATED"),
+    ("tables", "STRING", "REPEATED"),  # Where the run's tables went.
+) + RUN_FIELDS
+
+RUN_SUMMARY = Table("run_summary", RUN_SUMMARY_FIELDS,
+                    "Per run: quality gates' verdicts, counts, experiments "
+                    "found, tables written.", clustering=("pipeline",))

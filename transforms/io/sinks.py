@@ -81,6 +81,18 @@ class OutputConfig:
             "computed_at": schemas.format_timestamp(now.timestamp())}
 
 
+def fix_run(pipeline_options) -> OutputConfig:
+  """The run's OutputConfig, with its run id and partition date written back
+  into the options: the job built from them writes that run, which the
+  command then reads back."""
+  config = OutputConfig.from_options(pipeline_options)
+  output = pipeline_options.view_as(opts.OutputPipelineOptions)
+  output.run_id = config.run_id
+  if config.partition_date:
+    output.partition_date = config.partition_date
+  return config
+
+
 class _StampRun(beam.DoFn):
   """Adds the run fields and keeps exactly the table's columns, to a row dict
   or to a `json_lines.RowBatch` (batch-wise, for large outputs)."""
