@@ -166,8 +166,17 @@ class Joined(NamedTuple):
 
 
 def join_requests(predictions: pa.Table, feedback: pa.Table,
-                  config: AttributionConfig) -> Joined:
-  """Join feedback to predictions by request_id: one row per request."""
+                  config: AttributionConfig, signals=()) -> Joined:
+  """Join feedback to predictions by request_id: one row per request.
+
+  With `signals`, ((signal, reduce), ...) and a feedback `metric` column
+  (null: "reward"), feedback is deduplicated per (request, signal): `reward`
+  is the "reward" signal's, and each pair gets a column
+  `signal_column(signal, reduce)` with that signal's feedback reduced by
+  `reduce` (null: none counted). Needs predictions.
+  """
+  if signals and not config.with_predictions:
+    raise ValueError("feedback signals need the prediction logs")
   counts = collections.Counter()
   predictions = predictions.take(
       np.argsort(_numpy(predictions["ts"]), kind="stable"))
@@ -214,10 +223,23 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
                     feedback["source_file"][int(i)].as_py(), why))
 
   rows = np.flatnonzero(eligible)
+  signal_of_row = _signal_codes(feedback) if signals else None
+  group_keys = f_codes if not signals else f_codes * (
+      int(signal_of_row.max(initial=0)) + 1) + signal_of_row
   group_codes, group_rewards, group_rows = _reduce_groups(
-      f_codes[rows], f_ts[rows], f_reward[rows], config.reward_reduce)
+      group_keys[rows], f_ts[rows], f_reward[rows], config.reward_reduce)
   counts[(contract.FEEDBACK, COUNTED)] += len(group_codes)
   counts[(contract.FEEDBACK, DUPLICATE)] += len(rows) - len(group_codes)
+  signal_rows = {}
+  if signals:
+    names = _signal_names(feedback)
+    for signal in {s for s, _ in signals} | {DEFAULT_SIGNAL}:
+      code = names.index(signal) if signal in names else -1
+      signal_rows[signal] = rows[signal_of_row[rows] == code]
+    group_codes, group_rewards, _ = _reduce_groups(
+        f_codes[signal_rows[DEFAULT_SIGNAL]],
+        f_ts[signal_rows[DEFAULT_SIGNAL]],
+        f_reward[signal_rows[DEFAULT_SIGNAL]], config.reward_reduce)
 
   if config.with_predictions:
     reward_of_code = np.full(n_keys, np.nan)
@@ -232,7 +254,37 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
     rewards = group_rewards
   requests = requests.append_column(
       "reward", pa.array(rewards, pa.float64(), mask=np.isnan(rewards)))
+  for signal, how in signals:
+    chosen = signal_rows[signal]
+    codes, values, _ = _reduce_groups(f_codes[chosen], f_ts[chosen],
+                                      f_reward[chosen], how)
+    value_of_code = np.full(n_keys, np.nan)
+    value_of_code[codes] = values
+    column = value_of_code[p_codes[served]]
+    requests = requests.append_column(
+        signal_column(signal, how),
+        pa.array(column, pa.float64(), mask=np.isnan(column)))
   return Joined(requests, dict(counts), orphans)
+
+
+DEFAULT_SIGNAL = "reward"
+
+
+def signal_column(signal: str, reduce: str) -> str:
+  """Column of joined requests with a feedback signal reduced per request."""
+  return f"feedback:{signal}:{reduce}"
+
+
+def _signal_names(feedback: pa.Table) -> list:
+  metric = pc.fill_null(_array(feedback["metric"]), DEFAULT_SIGNAL)
+  return pc.unique(metric).sort().to_pylist()
+
+
+def _signal_codes(feedback: pa.Table) -> np.ndarray:
+  """Per feedback row, the index of its signal in `_signal_names`."""
+  metric = pc.fill_null(_array(feedback["metric"]), DEFAULT_SIGNAL)
+  return _numpy(pc.index_in(metric, value_set=pc.unique(metric).sort())
+                ).astype(np.int64)
 
 
 def per_arm(requests: pa.Table, missing_reward: str) -> list:
