@@ -46,7 +46,13 @@ class AttributionConfig:
 
 
 class ArmAccumulator(NamedTuple):
-  """Mergeable per-arm totals."""
+  """Mergeable per-arm totals.
+
+  Besides the sums (kept for the output tables), the rewards' mean and centred
+  sum of squares (`reward_m2`), merged by Chan's formula, and their min and
+  max: the variance does not cancel for a large mean and a small spread, and
+  is zero only when every reward was equal.
+  """
   impressions: int = 0
   feedback_count: int = 0
   samples: int = 0
@@ -55,17 +61,32 @@ class ArmAccumulator(NamedTuple):
   non_binary: int = 0
   ts_min: float = float("inf")
   ts_max: float = float("-inf")
+  reward_mean: float = 0.0
+  reward_m2: float = 0.0
+  reward_min: float = float("inf")
+  reward_max: float = float("-inf")
 
   def merge(self, other: "ArmAccumulator") -> "ArmAccumulator":
+    samples = self.samples + other.samples
+    delta = other.reward_mean - self.reward_mean
+    if samples:
+      mean = self.reward_mean + delta * other.samples / samples
+      m2 = (self.reward_m2 + other.reward_m2
+            + delta * delta * self.samples * other.samples / samples)
+    else:
+      mean, m2 = 0.0, 0.0
     return ArmAccumulator(
         self.impressions + other.impressions,
         self.feedback_count + other.feedback_count,
-        self.samples + other.samples,
+        samples,
         self.reward_sum + other.reward_sum,
         self.reward_sq_sum + other.reward_sq_sum,
         self.non_binary + other.non_binary,
         min(self.ts_min, other.ts_min),
-        max(self.ts_max, other.ts_max))
+        max(self.ts_max, other.ts_max),
+        mean, m2,
+        min(self.reward_min, other.reward_min),
+        max(self.reward_max, other.reward_max))
 
 
 def merge_all(accumulators) -> ArmAccumulator:
@@ -134,6 +155,16 @@ def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
   np.minimum.at(ts_min, group, ts)
   np.maximum.at(ts_max, group, ts)
   samples = impressions if missing_reward == "zero" else feedback
+  # Moments of the rewards each arm counts (unrewarded rows as 0 with "zero").
+  counted = np.ones(len(ts), bool) if missing_reward == "zero" else rewarded
+  with np.errstate(invalid="ignore", divide="ignore"):
+    means = np.where(samples > 0, sums / samples, 0.0)
+  deviation = np.where(counted, rewards - means[group], 0.0)
+  m2 = np.bincount(group, weights=deviation * deviation, minlength=n_groups)
+  low = np.full(n_groups, np.inf)
+  high = np.full(n_groups, -np.inf)
+  np.minimum.at(low, group[counted], rewards[counted])
+  np.maximum.at(high, group[counted], rewards[counted])
   partials = []
   experiment_names = experiments.dictionary.to_pylist()
   arm_names = arm_codes.dictionary.to_pylist()
@@ -142,7 +173,8 @@ def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
     partials.append((name, ArmAccumulator(
         int(impressions[i]), int(feedback[i]), int(samples[i]),
         float(sums[i]), float(squares[i]), int(odd[i]),
-        float(ts_min[i]), float(ts_max[i]))))
+        float(ts_min[i]), float(ts_max[i]), float(means[i]), float(m2[i]),
+        float(low[i]), float(high[i]))))
   return partials
 
 
@@ -324,11 +356,13 @@ def request_contribution(prediction_ts: float, reward: float | None,
   """What a served request adds to its arm; `reward` None: no counted feedback."""
   if reward is None:
     samples = 1 if missing_reward == "zero" else 0
-    return ArmAccumulator(1, 0, samples, 0.0, 0.0, 0, prediction_ts,
-                          prediction_ts)
+    if samples:
+      return ArmAccumulator(1, 0, 1, 0.0, 0.0, 0, prediction_ts,
+                            prediction_ts, 0.0, 0.0, 0.0, 0.0)
+    return ArmAccumulator(1, 0, 0, 0.0, 0.0, 0, prediction_ts, prediction_ts)
   return ArmAccumulator(1, 1, 1, reward, reward * reward,
                         int(reward not in (0.0, 1.0)), prediction_ts,
-                        prediction_ts)
+                        prediction_ts, reward, 0.0, reward, reward)
 
 
 class RequestOutcome(NamedTuple):

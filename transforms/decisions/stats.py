@@ -50,6 +50,11 @@ class ArmTotals:
   reward_sum: float
   reward_sq_sum: float
   binary: bool  # every counted reward of this arm was 0 or 1
+  # Centred sum of squares and range of the rewards (see rewards.ArmAccumulator);
+  # None: only the sums are known, the variance comes from them.
+  reward_m2: float | None = None
+  reward_min: float | None = None
+  reward_max: float | None = None
 
 
 def _normal_quantile(alpha: float) -> float:
@@ -85,6 +90,20 @@ def sample_variance(reward_sum, reward_sq_sum, n):
     centered_sq_sum = np.where(centered_sq_sum <= rounding, 0.0,
                                centered_sq_sum)
     variance = centered_sq_sum / (n - 1)
+  return np.where(n > 1, variance, np.nan)
+
+
+def moments_variance(m2, n, minimum, maximum):
+  """Unbiased variance from a centred sum of squares (no cancellation).
+
+  Exactly 0 only when every value was equal (minimum == maximum); NaN below
+  two samples.
+  """
+  m2, n = np.asarray(m2, float), np.asarray(n, float)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    variance = np.maximum(m2, 0.0) / (n - 1)
+  variance = np.where(np.asarray(minimum) == np.asarray(maximum), 0.0,
+                      variance)
   return np.where(n > 1, variance, np.nan)
 
 
@@ -307,6 +326,9 @@ def _estimate(arm: ArmTotals, binary: bool) -> _Estimate:
   mean = arm.reward_sum / arm.samples
   if binary:
     return _Estimate(arm.samples, mean, mean * (1 - mean))
+  if arm.reward_m2 is not None:
+    return _Estimate(arm.samples, mean, float(moments_variance(
+        arm.reward_m2, arm.samples, arm.reward_min, arm.reward_max)))
   return _Estimate(arm.samples, mean, float(sample_variance(
       arm.reward_sum, arm.reward_sq_sum, arm.samples)))
 
