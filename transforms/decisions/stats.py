@@ -225,6 +225,33 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
   return adjusted
 
 
+def benjamini_hochberg_adjust(p_values: Sequence[float]) -> list[float]:
+  """Benjamini-Hochberg (1995) step-up adjusted p-values, in the order given."""
+  m = len(p_values)
+  order = sorted(range(m), key=lambda i: p_values[i], reverse=True)
+  adjusted = [0.0] * m
+  running_min = 1.0
+  for position, i in enumerate(order):
+    rank = m - position
+    running_min = min(running_min, p_values[i] * m / rank)
+    adjusted[i] = running_min
+  return adjusted
+
+
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+  """p-values adjusted for multiplicity: holm, bh (Benjamini-Hochberg), none."""
+  if method == "holm":
+    return holm_adjust(p_values)
+  if method == "bh":
+    return benjamini_hochberg_adjust(p_values)
+  if method == "none":
+    return list(p_values)
+  raise ValueError(f"correction must be one of {CORRECTIONS}: {method}")
+
+
 def srm_p_value(impressions: Mapping[str, int],
                 expected_allocation: Mapping[str, float] | None = None
                 ) -> float | None:
