@@ -125,6 +125,8 @@ def summarize_groups(groups: np.ndarray, n_groups: int, values: np.ndarray,
   n = np.bincount(groups, minlength=n_groups)
   with np.errstate(invalid="ignore", divide="ignore"):
     mean = np.bincount(groups, values, n_groups) / n
+    # Second pass: what rounding of the sum left off the mean.
+    mean += np.bincount(groups, values - mean[groups], n_groups) / n
     deviation = values - mean[groups]
     m2 = np.bincount(groups, deviation * deviation, n_groups)
     if denominators is not None:

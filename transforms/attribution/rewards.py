@@ -159,6 +159,10 @@ def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
   counted = np.ones(len(ts), bool) if missing_reward == "zero" else rewarded
   with np.errstate(invalid="ignore", divide="ignore"):
     means = np.where(samples > 0, sums / samples, 0.0)
+    # Second pass: what rounding of the sums left off the mean.
+    deviation = np.where(counted, rewards - means[group], 0.0)
+    means += np.where(samples > 0, np.bincount(
+        group, weights=deviation, minlength=n_groups) / samples, 0.0)
   deviation = np.where(counted, rewards - means[group], 0.0)
   m2 = np.bincount(group, weights=deviation * deviation, minlength=n_groups)
   low = np.full(n_groups, np.inf)

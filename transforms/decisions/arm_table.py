@@ -33,6 +33,8 @@ def arm_totals(arm: str, accumulator: ArmAccumulator) -> stats.ArmTotals:
                          binary=accumulator.non_binary == 0,
                          reward_m2=(accumulator.reward_m2 if has_moments
                                     else None),
+                         reward_mean=(accumulator.reward_mean if has_moments
+                                      else None),
                          reward_min=accumulator.reward_min,
                          reward_max=accumulator.reward_max)
 

@@ -53,6 +53,7 @@ class ArmTotals:
   # Centred sum of squares and range of the rewards (see rewards.ArmAccumulator);
   # None: only the sums are known, the variance comes from them.
   reward_m2: float | None = None
+  reward_mean: float | None = None
   reward_min: float | None = None
   reward_max: float | None = None
 
@@ -354,6 +355,8 @@ def _estimate(arm: ArmTotals, binary: bool) -> _Estimate:
   if binary:
     return _Estimate(arm.samples, mean, mean * (1 - mean))
   if arm.reward_m2 is not None:
+    if arm.reward_mean is not None:
+      mean = arm.reward_mean  # sum / n loses digits of a large mean
     return _Estimate(arm.samples, mean, float(moments_variance(
         arm.reward_m2, arm.samples, arm.reward_min, arm.reward_max)))
   return _Estimate(arm.samples, mean, float(sample_variance(
