@@ -2,7 +2,9 @@ r"""Batch reward aggregation: serving logs in, per-arm rewards and statistics ou
 
   predictions ─ReadPredictions─┐
                                ├─AttributeRewards─ExperimentStatistics─┬─ arm_stats
-  feedback ────ReadFeedback────┘                                       └─ router_state
+  feedback ────ReadFeedback────┘      │                                └─ router_state
+                    (with --metrics)  └─ requests ─MetricDecisions─┬─ metric_stats
+                                                                   └─ decisions
   (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
 
 Run locally:
@@ -13,11 +15,17 @@ Run locally:
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from apache_beam.io.filesystems import FileSystems
+
 from transforms.decisions import arm_table
+from transforms.decisions import metric_stats
+from transforms.decisions import metric_tables
+from transforms.decisions import metrics
 from transforms.logs import contract
 from transforms.decisions import experiments
 from transforms import options as opts
@@ -67,8 +75,17 @@ class StatisticsOptions(PipelineOptions):
     opts.add_options(parser, opts.STATISTICS_OPTIONS)
 
 
+class MetricOptions(PipelineOptions):
+  """Which metrics decide, per segment, and how."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, opts.METRIC_OPTIONS)
+
+
 OPTION_CLASSES = (RewardBatchOptions, AttributionOptions, StatisticsOptions,
-                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+                  MetricOptions, opts.OutputFileOptions,
+                  opts.OutputPipelineOptions)
 
 
 def attribution_config(pipeline_options,
@@ -91,13 +108,59 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
       traffic_floor=statistics.traffic_floor)
 
 
+def _read_text(path: str) -> str:
+  with FileSystems.open(path) as f:
+    return f.read().decode("utf-8")
+
+
+class MetricPlan(NamedTuple):
+  """What --metrics and its companions ask for."""
+  definitions: tuple
+  config: metric_stats.MetricConfig
+  dimensions: tuple
+  max_segment_values: int
+
+  @property
+  def prediction_extras(self) -> tuple:
+    extras = metrics.prediction_extras(self.definitions)
+    return extras + (("attributes",) if self.dimensions else ())
+
+  @property
+  def signals(self) -> tuple:
+    return metrics.feedback_signals(self.definitions)
+
+
+def metric_plan(pipeline_options) -> MetricPlan | None:
+  """The metric plan of the options; None without --metrics.
+
+  Reads the definitions now, so a bad file fails the run before it starts.
+  """
+  chosen = pipeline_options.view_as(MetricOptions)
+  if not chosen.metrics:
+    return None
+  statistics = pipeline_options.view_as(StatisticsOptions)
+  return MetricPlan(
+      metrics.load_metrics(chosen.metrics, read=_read_text),
+      metric_stats.MetricConfig(
+          control_arm=statistics.control_arm,
+          expected_allocation=opts.parse_allocation(
+              statistics.expected_allocation),
+          seq_tuning=statistics.seq_tuning, correction=chosen.correction,
+          decide_on=chosen.decide_on, min_samples=chosen.min_samples),
+      tuple(d.strip() for d in (chosen.dimensions or "").split(",")
+            if d.strip()),
+      chosen.max_segment_values)
+
+
 class RewardAggregation(beam.PTransform):
   """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
 
   def __init__(self, predictions: str | None, feedback: str,
                attribution: rewards.AttributionConfig,
-               statistics: arm_table.StatisticsConfig, join_shards: int = 32):
+               statistics: arm_table.StatisticsConfig, join_shards: int = 32,
+               plan: MetricPlan | None = None):
     super().__init__()
+    self._plan = plan
     self._predictions = predictions
     self._feedback = feedback
     self._attribution = attribution
@@ -105,20 +168,26 @@ class RewardAggregation(beam.PTransform):
     self._join_shards = join_shards
 
   def expand(self, pbegin):
-    feedback = pbegin | "ReadFeedback" >> ReadLogs(self._feedback,
-                                                    contract.FEEDBACK)
+    plan = self._plan
+    if plan and not self._predictions:
+      raise ValueError("--metrics needs --predictions")
+    feedback = pbegin | "ReadFeedback" >> ReadLogs(
+        self._feedback, contract.FEEDBACK, ("metric",) if plan else ())
     reads = [feedback]
     predictions = None
     if self._predictions:
       predictions = pbegin | "ReadPredictions" >> ReadLogs(
-          self._predictions, contract.PREDICTION)
+          self._predictions, contract.PREDICTION,
+          plan.prediction_extras if plan else ())
       reads.append(predictions)
     tables = {"feedback": feedback.records}
     if predictions:
       tables["predictions"] = predictions.records
     attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
-                      self._attribution, self._join_shards))
+                      self._attribution, self._join_shards,
+                      plan.prediction_extras if plan else (),
+                      plan.signals if plan else ()))
     statistics = (attributed["arm_totals"]
                   | "ExperimentStatistics" >>
                   experiments.ExperimentStatistics(self._statistics))
@@ -129,24 +198,33 @@ class RewardAggregation(beam.PTransform):
               [attributed[quality.COUNTS]]
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
-    return {"arm_stats": statistics.arm_stats,
-            "router_state": statistics[experiments.ROUTER_STATE],
-            "dead_letter": dead_letters, "data_quality": counts}
+    outputs = {"arm_stats": statistics.arm_stats,
+               "router_state": statistics[experiments.ROUTER_STATE],
+               "dead_letter": dead_letters, "data_quality": counts}
+    if plan:
+      outputs.update(attributed["requests"]
+                     | "MetricDecisions" >> metric_tables.MetricDecisions(
+                         plan.definitions, plan.config, plan.dimensions,
+                         plan.max_segment_values))
+    return outputs
 
 
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
   opts.check_required(inputs, RewardBatchOptions.INPUT_OPTIONS)
+  plan = metric_plan(pipeline_options)
+  tables = list(schemas.TABLES.values())
+  if plan:
+    tables += schemas.METRIC_TABLES.values()
   output = sinks.OutputConfig.from_options(pipeline_options)
-  sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
-                                replace_partition=True)
+  sinks.prepare_emulator_tables(output, tables, replace_partition=True)
   _ = (pipeline
        | "RewardAggregation" >> RewardAggregation(
            inputs.predictions, inputs.feedback,
            attribution_config(pipeline_options, bool(inputs.predictions)),
-           statistics_config(pipeline_options), inputs.join_shards)
-       | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
+           statistics_config(pipeline_options), inputs.join_shards, plan)
+       | "WriteOutputs" >> sinks.WriteTables(tables, output))
 
 
 def run(argv=None):

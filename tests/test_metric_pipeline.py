@@ -1,0 +1,186 @@
+"""reward_batch --metrics: metric_stats and decisions from logs, end to end."""
+
+import collections
+import glob
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import reward_batch
+from transforms.decisions import metrics
+from transforms.logs import quality
+
+T0 = 1_795_219_200.0  # 2026-11-21T00:00:00Z
+
+METRICS = """\
+metrics:
+  - name: clicks
+    source: feedback:click
+    type: proportion
+    role: goal
+  - name: revenue
+    source: feedback:purchase
+    type: mean
+    reduce: sum
+    cap: 50
+  - name: revenue_per_click
+    type: ratio
+    numerator: revenue
+    denominator: clicks
+  - name: latency_ms
+    source: prediction:latency_ms
+    type: quantile
+    q: 0.5
+    role: guardrail
+    direction: decrease
+    margin: 0.05
+  - name: errors
+    source: prediction:error
+    type: proportion
+    role: guardrail
+    direction: decrease
+    margin: 0.5
+"""
+
+
+def _logs(tmp_path, seed=0, n=400):
+  """Random requests over two arms, three countries; the expected frame."""
+  rng = np.random.default_rng(seed)
+  predictions, feedback, rows = [], [], []
+  for i in range(n):
+    arm = "ab"[i % 2]
+    country = ("DE", "FR", "US")[rng.integers(3)]
+    latency = float(rng.gamma(4, 25))
+    status = ("ok", 503, "error", 200)[rng.integers(4)]
+    predictions.append({
+        "request_id": f"r{i}", "timestamp": T0 + i, "experiment_id": "exp",
+        "arm": arm, "latency_ms": latency, "status": status,
+        "attributes": {"country": country, "platform": "ios"}})
+    click = purchase = None
+    if rng.random() < 0.3:
+      click = 1.0
+      feedback.append({"request_id": f"r{i}", "timestamp": T0 + i + 1,
+                       "reward": 1, "metric": "click"})
+      if rng.random() < 0.5:
+        amounts = rng.uniform(5, 40, rng.integers(1, 3))
+        purchase = float(amounts.sum())
+        for amount in amounts:
+          feedback.append({"request_id": f"r{i}", "timestamp": T0 + i + 2,
+                           "reward": float(amount), "metric": "purchase"})
+    rows.append({"arm": arm, "country": country, "latency": latency,
+                 "errors": float(status in (503, "error")),
+                 "clicks": click or 0.0,
+                 "revenue": min(purchase or 0.0, 50.0)})
+  bad_predictions = [
+      {"request_id": "x1", "timestamp": T0, "experiment_id": "exp",
+       "arm": "a", "latency_ms": -3},
+      {"request_id": "x2", "timestamp": T0, "experiment_id": "exp",
+       "arm": "a", "status": "teapot"},
+      {"request_id": "x3", "timestamp": T0, "experiment_id": "exp",
+       "arm": "a", "attributes": ["DE"]}]
+  bad_feedback = [{"request_id": "r1", "timestamp": T0, "reward": 1,
+                   "metric": 7}]
+  (tmp_path / "predictions.jsonl").write_text("".join(
+      json.dumps(r) + "\n" for r in predictions + bad_predictions))
+  (tmp_path / "feedback.jsonl").write_text("".join(
+      json.dumps(r) + "\n" for r in feedback + bad_feedback))
+  return pd.DataFrame(rows)
+
+
+def _read(directory, table):
+  return [json.loads(line) for path in sorted(glob.glob(
+      f"{directory}/{table}*")) for line in open(path)]
+
+
+def _run(tmp_path, *extra):
+  (tmp_path / "metrics.yaml").write_text(METRICS)
+  reward_batch.run([
+      "--predictions", str(tmp_path / "predictions.jsonl"),
+      "--feedback", str(tmp_path / "feedback.jsonl"),
+      "--output_dir", str(tmp_path / "out"), "--join_shards", "3",
+      "--metrics", str(tmp_path / "metrics.yaml"), "--control_arm", "a",
+      "--partition_date", "2026-11-21", *extra])
+  return {t: _read(tmp_path / "out", t) for t in (
+      "metric_stats", "decisions", "data_quality", "dead_letter", "arm_stats")}
+
+
+def test_metric_stats_totals_match_the_logs(tmp_path):
+  expected = _logs(tmp_path)
+  out = _run(tmp_path, "--dimensions", "country", "--max_segment_values", "2")
+  stats = {(r["dimension"], r["segment"], r["arm"], r["metric"]): r
+           for r in out["metric_stats"]}
+  for arm, group in expected.groupby("arm"):
+    for metric in ("clicks", "revenue", "errors"):
+      row = stats[("all", "all", arm, metric)]
+      assert row["n"] == len(group)
+      assert row["value_sum"] == pytest.approx(group[metric].sum())
+      assert row["value_m2"] == pytest.approx(
+          group[metric].var(ddof=0) * len(group))
+    ratio = stats[("all", "all", arm, "revenue_per_click")]
+    assert ratio["estimate"] == pytest.approx(
+        group["revenue"].sum() / group["clicks"].sum())
+    latency = stats[("all", "all", arm, "latency_ms")]
+    assert latency["estimate"] == pytest.approx(
+        np.quantile(group["latency"], 0.5), rel=0.02)
+  # Two countries with most requests kept, the third folded into "other".
+  counts = expected["country"].value_counts()
+  kept = set(counts.index[:2])
+  segments = {s for d, s, _, _ in stats if d == "country"}
+  assert segments == kept | {"other"}
+  for arm, group in expected.groupby("arm"):
+    other = group[~group["country"].isin(kept)]
+    assert stats[("country", "other", arm, "clicks")]["n"] == len(other)
+    assert stats[("country", "other", arm, "clicks")]["value_sum"] == (
+        other["clicks"].sum())
+  assert all(r["srm_p_value"] is not None for r in out["metric_stats"])
+  decisions = {(r["dimension"], r["segment"]): r for r in out["decisions"]}
+  assert set(decisions) == {("all", "all"), ("country", "other")} | {
+      ("country", c) for c in kept}
+  for decision in decisions.values():
+    assert decision["arm"] == "b" and decision["control_arm"] == "a"
+    assert decision["verdict"] in ("keep_running", "invalid", "rollback")
+    assert decision["decide_on"] == "sequential"
+    assert len(decision["reasons"]) >= 3
+
+
+def test_new_fields_are_dead_lettered_and_counts_balance(tmp_path):
+  _logs(tmp_path, n=40)
+  out = _run(tmp_path, "--dimensions", "country")  # reads attributes
+  reasons = collections.Counter((r["record_type"], r["reason"], r["detail"])
+                                for r in out["dead_letter"])
+  assert reasons == {
+      ("prediction", "value_out_of_range", "latency_ms"): 1,
+      ("prediction", "wrong_type", "status"): 1,
+      ("prediction", "wrong_type", "attributes"): 1,
+      ("feedback", "wrong_type", "metric"): 1}
+  balance = quality.balance(out["data_quality"])
+  assert all(read == accounted for read, accounted in balance.values())
+
+
+def test_without_metrics_no_metric_tables(tmp_path):
+  _logs(tmp_path, n=20)
+  reward_batch.run([
+      "--predictions", str(tmp_path / "predictions.jsonl"),
+      "--feedback", str(tmp_path / "feedback.jsonl"),
+      "--output_dir", str(tmp_path / "out"),
+      "--partition_date", "2026-11-21"])
+  assert _read(tmp_path / "out", "arm_stats")
+  assert not glob.glob(str(tmp_path / "out" / "metric_stats*"))
+  assert not glob.glob(str(tmp_path / "out" / "decisions*"))
+
+
+def test_bad_metrics_file_fails_before_the_run(tmp_path):
+  _logs(tmp_path, n=4)
+  (tmp_path / "metrics.yaml").write_text(
+      "metrics:\n  - name: p95\n    source: prediction:latency_ms\n"
+      "    type: quantile\n")
+  with pytest.raises(metrics.MetricsFileError,
+                     match=r"metrics.yaml:2: a quantile metric needs `q`"):
+    reward_batch.run([
+        "--predictions", str(tmp_path / "predictions.jsonl"),
+        "--feedback", str(tmp_path / "feedback.jsonl"),
+        "--output_dir", str(tmp_path / "out"),
+        "--metrics", str(tmp_path / "metrics.yaml")])
+  assert not (tmp_path / "out").exists()
