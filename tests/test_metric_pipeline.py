@@ -184,3 +184,22 @@ def test_bad_metrics_file_fails_before_the_run(tmp_path):
         "--output_dir", str(tmp_path / "out"),
         "--metrics", str(tmp_path / "metrics.yaml")])
   assert not (tmp_path / "out").exists()
+
+
+def test_demo_scenario_rolls_back_the_slow_winner(tmp_path):
+  from pipelines import demo
+  demo.write_sample_logs(str(tmp_path), demo.METRICS_SCENARIO)
+  (tmp_path / "metrics.yaml").write_text(demo.METRICS_FILE)
+  reward_batch.run([
+      "--predictions", str(tmp_path / "predictions.jsonl"),
+      "--feedback", str(tmp_path / "feedback.jsonl"),
+      "--output_dir", str(tmp_path / "out"),
+      "--metrics", str(tmp_path / "metrics.yaml"), "--control_arm", "control",
+      "--partition_date", "2026-11-21"])
+  verdicts = {r["arm"]: r for r in _read(tmp_path / "out", "decisions")}
+  assert verdicts["big-model"]["verdict"] == "rollback"
+  assert any("latency_ms p95" in reason and reason.endswith(": worse")
+             for reason in verdicts["big-model"]["reasons"])
+  assert any(reason.startswith("clicks") and reason.endswith(": better")
+             for reason in verdicts["big-model"]["reasons"])
+  assert verdicts["fast-model"]["verdict"] in ("ship", "keep_running")

@@ -30,6 +30,7 @@ BETTER = "better"
 WORSE = "worse"
 NON_INFERIOR = "non-inferior"
 INCONCLUSIVE = "not significant"
+UNDECIDED = "inconclusive"  # a guardrail neither worse nor non-inferior
 
 
 def _percent(value) -> str:
@@ -59,7 +60,7 @@ def _guardrail_outcome(row, config) -> str:
   non-inferior: the whole interval lies inside it."""
   low, high = _interval(row, config)
   if low is None or high is None:
-    return INCONCLUSIVE
+    return UNDECIDED
   # The lift interval turned so that larger is worse.
   if row["direction"] == metric_defs.INCREASE:
     low, high = -high, -low
@@ -67,7 +68,7 @@ def _guardrail_outcome(row, config) -> str:
     return WORSE
   if high < row["margin"]:
     return NON_INFERIOR
-  return INCONCLUSIVE
+  return UNDECIDED
 
 
 def _name(row) -> str:
