@@ -203,3 +203,69 @@ def test_demo_scenario_rolls_back_the_slow_winner(tmp_path):
   assert any(reason.startswith("clicks") and reason.endswith(": better")
              for reason in verdicts["big-model"]["reasons"])
   assert verdicts["fast-model"]["verdict"] in ("ship", "keep_running")
+
+
+def test_batch_and_streaming_metric_totals_agree(tmp_path):
+  import apache_beam as beam
+  from apache_beam.testing.util import assert_that
+  from apache_beam.testing.util import equal_to
+  from pipelines import reward_streaming
+  from simulation import simulate
+  from transforms.attribution import rewards
+  from transforms.decisions import arm_table
+  import test_reward_streaming as streaming_test
+
+  scenario = simulate.Scenario(
+      requests=300, start=T0, duration_s=1200.0, feedback_rate=0.7,
+      mean_delay_s=60.0, duplicate_feedback=0.1, late_feedback=0.05,
+      late_delay_s=650.0, duplicate_predictions=0.05, shadow_arm="shadow",
+      orphan_feedback=0.03, malformed=0.02, seldon_feedback=0.2, seed=3,
+      serving_metrics=True,
+      arms=(simulate.Arm("a", 0.3), simulate.Arm("b", 0.4, latency_ms=90.0)))
+  predictions, feedback, _ = simulate.generate(scenario)
+  for name, lines in (("predictions", predictions), ("feedback", feedback)):
+    simulate.write_jsonl(str(tmp_path / f"{name}.jsonl"), lines)
+  (tmp_path / "metrics.yaml").write_text(METRICS.replace(
+      "feedback:click", "feedback:reward"))
+  common = [f"--metrics={tmp_path / 'metrics.yaml'}",
+            "--dimensions=country,platform", "--max_segment_values=3",
+            "--attribution_window_s=600", "--control_arm=a"]
+  reward_batch.run([f"--predictions={tmp_path / 'predictions.jsonl'}",
+                    f"--feedback={tmp_path / 'feedback.jsonl'}",
+                    f"--output_dir={tmp_path / 'batch'}",
+                    "--runner=FnApiRunner", *common])
+
+  def totals(row):
+    return ((row["dimension"], row["segment"], row["arm"], row["metric"]),
+            row["n"], round(row["value_sum"], 6), round(row["value_m2"], 4))
+
+  batch = [totals(r) for r in _read(tmp_path / "batch", "metric_stats")]
+  assert len(batch) > 60
+  options = reward_batch.PipelineOptions(common)
+  plan = reward_batch.metric_plan(options)
+  p = streaming_test.pipeline()
+  stream = p | streaming_test.live_stream(
+      {"predictions": predictions, "feedback": feedback}, start=T0,
+      end=T0 + 2100.0, step=60.0)
+  payloads = {
+      name: (stream
+             | f"Only_{name}" >> beam.Filter(lambda m, n: m[0] == n, name)
+             | f"Payload_{name}" >> beam.Map(lambda m: m[1]))
+      for name in streaming_test.SUBSCRIPTIONS}
+  outputs = payloads | reward_streaming.RewardStreaming(
+      streaming_test.SUBSCRIPTIONS,
+      rewards.AttributionConfig(attribution_window_s=600.0),
+      arm_table.StatisticsConfig(control_arm="a"),
+      reward_streaming.WindowConfig(window_s=300.0, early_firing_s=5,
+                                    allowed_lateness_s=120.0), plan)
+  assert_that(outputs["metric_stats"]
+              | "Final" >> beam.ParDo(streaming_test.final)
+              | beam.Map(totals), equal_to(batch), label="MetricTotals")
+  def sequential_only(modes):
+    assert modes and set(modes) == {"sequential"}, modes
+
+  assert_that(outputs["decisions"] | "FinalDecisions" >> beam.ParDo(
+      streaming_test.final) | beam.Map(lambda r: r["decide_on"]),
+              sequential_only, label="Sequential")
+  with p:
+    pass

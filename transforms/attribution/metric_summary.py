@@ -112,10 +112,35 @@ class MetricSummary:
         self.comoment + other.comoment + delta * den_delta * weight, sketch)
 
 
+  def merge_into(self, other: "MetricSummary") -> "MetricSummary":
+    """Merge `other` into this summary, in place (a combiner's own
+    accumulator); `other` is left as it was. Returns self."""
+    if other.n == 0:
+      return self
+    sketch = self.sketch
+    if other.sketch is not None:
+      if sketch is None:
+        sketch = datasketches.kll_doubles_sketch.deserialize(
+            other.sketch.serialize())
+      else:
+        sketch.merge(other.sketch)
+    merged = MetricSummary.merge(
+        MetricSummary(self.n, self.mean, self.m2, self.minimum, self.maximum,
+                      self.den_mean, self.den_m2, self.comoment),
+        MetricSummary(other.n, other.mean, other.m2, other.minimum,
+                      other.maximum, other.den_mean, other.den_m2,
+                      other.comoment))
+    for name in self.__slots__:
+      setattr(self, name, getattr(merged, name))
+    self.sketch = sketch
+    return self
+
+
 def merge_all(summaries) -> MetricSummary:
+  """A new summary of all of `summaries` (which are left as they were)."""
   total = MetricSummary()
   for summary in summaries:
-    total = total.merge(summary)
+    total.merge_into(summary)
   return total
 
 
@@ -191,11 +216,86 @@ def metric_values(requests: pa.Table,
     values = _error_values(requests["status"])
   else:
     values = _numpy_float(requests[name])
+  return _missing_and_cap(values, definition)
+
+
+def _missing_and_cap(values: np.ndarray, definition) -> np.ndarray:
   if definition.missing == "zero":
     values = np.where(np.isnan(values), 0.0, values)
   if definition.cap is not None:
     values = np.minimum(values, definition.cap)
   return values
+
+
+def _row_value(row: dict, definition) -> float:
+  kind, name = definition.source_kind, definition.source_name
+  if kind == metric_defs.FEEDBACK_SOURCE:
+    value = row.get(rewards.signal_column(name, definition.reduce))
+  elif name == metric_defs.ERROR_FIELD:
+    status = row.get("status")
+    value = None if status is None else float(contract.is_error_status(status))
+  else:
+    value = row.get(name)
+  value = math.nan if value is None else float(value)
+  return float(_missing_and_cap(np.array([value]), definition)[0])
+
+
+def summarize_row(row: dict, definitions, dimensions=()) -> list:
+  """One joined request as a dict (the streaming attribution's rows) -> the
+  partials `summarize` would give for it: overall and one segment per
+  dimension (values not capped: see `fold_segments`)."""
+  values = {d.name: _row_value(row, d) for d in definitions
+            if d.type != metric_defs.RATIO}
+  attributes = row.get("attributes") or {}
+  if isinstance(attributes, list):  # Arrow map values read as pairs
+    attributes = dict(attributes)
+  segments = [(ALL, ALL)] + [(d, attributes.get(d) or MISSING_VALUE)
+                             for d in dimensions]
+  experiment_id, arm = row["experiment_id"], row["arm"]
+  partials = []
+  for dimension, segment in segments:
+    key = (experiment_id, dimension, segment, arm)
+    partials.append((key + (REQUESTS,), MetricSummary(1, 0.0, 0.0, 0.0, 0.0)))
+    for definition in definitions:
+      if not definition.applies_to(experiment_id):
+        continue
+      if definition.type == metric_defs.RATIO:
+        value = values[definition.numerator]
+        denominator = values[definition.denominator]
+        if math.isnan(value) or math.isnan(denominator):
+          continue
+      else:
+        value, denominator = values[definition.name], 0.0
+        if math.isnan(value):
+          continue
+      sketch = None
+      if definition.type == metric_defs.QUANTILE:
+        sketch = datasketches.kll_doubles_sketch(KLL_K)
+        sketch.update(value)
+      partials.append((key + (definition.name,), MetricSummary(
+          1, value, 0.0, value, value, denominator, 0.0, 0.0, sketch)))
+  return partials
+
+
+def fold_segments(summaries: Mapping, max_values: int) -> dict:
+  """{(dimension, segment, arm, metric): summary} of one experiment with each
+  dimension's values past the `max_values` with most requests merged into
+  OTHER (exact: summaries merge)."""
+  requests = {}
+  for (dimension, segment, _, metric), summary in summaries.items():
+    if metric == REQUESTS and dimension != ALL:
+      requests.setdefault(dimension, {}).setdefault(segment, 0)
+      requests[dimension][segment] += summary.n
+  kept = {dimension: set(sorted(counts, key=lambda v: (-counts[v], v))
+                         [:max_values])
+          for dimension, counts in requests.items()}
+  folded = {}
+  for (dimension, segment, arm, metric), summary in summaries.items():
+    if dimension != ALL and segment not in kept.get(dimension, ()):
+      segment = OTHER
+    key = (dimension, segment, arm, metric)
+    folded[key] = (folded[key].merge(summary) if key in folded else summary)
+  return folded
 
 
 def _segment_codes(requests: pa.Table, dimension: str, experiments,

@@ -398,3 +398,37 @@ def attribute_request(prediction_ts: float, shadow: bool, feedback,
   return RequestOutcome(
       request_contribution(prediction_ts, reward, config.missing_reward),
       dict(+counts))
+
+
+def attribute_request_signals(prediction_ts: float, shadow: bool, feedback,
+                              config: AttributionConfig, signals=()):
+  """`attribute_request` with feedback [(ts, reward, signal)] deduplicated
+  per (request, signal), as `join_requests` with signals does.
+
+  Returns (RequestOutcome of the "reward" signal, {(signal, reduce): value}
+  of the `signals` with counted feedback).
+  """
+  counts = collections.Counter()
+  if shadow:
+    counts[(contract.PREDICTION, SHADOW)] += 1
+    counts[(contract.FEEDBACK, SHADOW)] += len(feedback)
+    return RequestOutcome(None, dict(+counts)), {}
+  counts[(contract.PREDICTION, COUNTED)] += 1
+  in_window = sorted(
+      (f for f in feedback
+       if f[0] - prediction_ts <= config.attribution_window_s),
+      key=lambda f: f[0])
+  counts[(contract.FEEDBACK, LATE)] += len(feedback) - len(in_window)
+  by_signal = {}
+  for _, reward, signal in in_window:
+    by_signal.setdefault(signal, []).append(reward)
+  counts[(contract.FEEDBACK, COUNTED)] += len(by_signal)
+  counts[(contract.FEEDBACK, DUPLICATE)] += len(in_window) - len(by_signal)
+  reward = None
+  if DEFAULT_SIGNAL in by_signal:
+    reward = reduce_rewards(by_signal[DEFAULT_SIGNAL], config.reward_reduce)
+  values = {(signal, how): reduce_rewards(by_signal[signal], how)
+            for signal, how in signals if signal in by_signal}
+  return RequestOutcome(
+      request_contribution(prediction_ts, reward, config.missing_reward),
+      dict(+counts)), values

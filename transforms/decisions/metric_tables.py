@@ -22,35 +22,26 @@ from transforms.io import schemas
 DECISIONS = "decisions"
 
 
-class MetricSummaryCombineFn(beam.CombineFn):
-  """Merge MetricSummary partials of one key."""
-
-  def create_accumulator(self):
-    return metric_summary.MetricSummary()
-
-  def add_input(self, accumulator, partial):
-    return accumulator.merge(partial)
-
-  def merge_accumulators(self, accumulators):
-    return metric_summary.merge_all(accumulators)
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
 class _SummariesOfExperiment(beam.CombineFn):
-  """((dimension, segment, arm, metric), MetricSummary) -> {key: merged}."""
+  """((dimension, segment, arm, metric), MetricSummary) -> {key: merged}.
+
+  One combine per experiment rather than a combine per key and then a group:
+  behind accumulating panes the second step would count earlier panes again.
+  """
 
   def create_accumulator(self):
     return {}
 
   def add_input(self, merged, keyed):
     key, summary = keyed
-    merged[key] = merged[key].merge(summary) if key in merged else summary
+    if key not in merged:
+      merged[key] = metric_summary.MetricSummary()
+    merged[key].merge_into(summary)
     return merged
 
   def merge_accumulators(self, accumulators):
-    merged = {}
+    accumulators = iter(accumulators)
+    merged = next(accumulators)
     for summaries in accumulators:
       for keyed in summaries.items():
         merged = self.add_input(merged, keyed)
@@ -61,12 +52,16 @@ class _SummariesOfExperiment(beam.CombineFn):
 
 
 def experiment_rows(experiment_id: str, summaries: dict, definitions,
-                    config: metric_stats.MetricConfig, window=None):
+                    config: metric_stats.MetricConfig, window=None,
+                    max_segment_values: int | None = None):
   """(metric_stats rows, decisions rows) of one experiment, every segment.
 
   summaries: (dimension, segment, arm, metric) -> merged MetricSummary.
-  Every arm seen in the experiment is an arm of each of its segments.
+  Every arm seen in the experiment is an arm of each of its segments. With
+  `max_segment_values`, values past it are folded into "other" here.
   """
+  if max_segment_values is not None:
+    summaries = metric_summary.fold_segments(summaries, max_segment_values)
   definitions = [d for d in definitions if d.applies_to(experiment_id)]
   arms = sorted({arm for (_, _, arm, _) in summaries})
   segments = sorted({(d, s) for (d, s, _, _) in summaries},
@@ -96,9 +91,10 @@ def experiment_rows(experiment_id: str, summaries: dict, definitions,
 
 class _ExperimentRows(beam.DoFn):
 
-  def __init__(self, definitions, config):
+  def __init__(self, definitions, config, max_segment_values=None):
     self._definitions = definitions
     self._config = config
+    self._max_segment_values = max_segment_values
 
   def process(self, element, window=beam.DoFn.WindowParam):
     experiment_id, summaries = element
@@ -106,7 +102,8 @@ class _ExperimentRows(beam.DoFn):
     if isinstance(window, beam.window.IntervalWindow):
       bounds = (float(window.start), float(window.end))
     stats_rows, decision_rows = experiment_rows(
-        experiment_id, summaries, self._definitions, self._config, bounds)
+        experiment_id, summaries, self._definitions, self._config, bounds,
+        self._max_segment_values)
     yield from stats_rows
     for row in decision_rows:
       yield pvalue.TaggedOutput(DECISIONS, row)
@@ -146,15 +143,60 @@ class MetricDecisions(beam.PTransform):
           | "AllCounts" >> beam.combiners.ToDict()
           | "TopValues" >> beam.Map(metric_summary.top_segment_values,
                                     self._max_segment_values))
-    rows = (requests
+    return (requests
             | "Summarize" >> beam.FlatMap(metric_summary.summarize,
                                           self._definitions, self._dimensions,
                                           segment_values)
-            | "CombinePerKey" >> beam.CombinePerKey(MetricSummaryCombineFn())
+            | "MetricRows" >> MetricRows(self._definitions, self._config))
+
+
+class MetricRows(beam.PTransform):
+  """Partials ((experiment_id, dimension, segment, arm, metric), summary) ->
+  {"metric_stats": rows, "decisions": rows}, per window (IntervalWindow
+  bounds on the rows) and pane."""
+
+  def __init__(self, definitions, config: metric_stats.MetricConfig,
+               max_segment_values: int | None = None):
+    super().__init__()
+    self._definitions = tuple(definitions)
+    self._config = config
+    self._max_segment_values = max_segment_values
+
+  def expand(self, partials):
+    rows = (partials
             | "ByExperiment" >> beam.MapTuple(_by_experiment)
             | "CombineExperiment" >> beam.CombinePerKey(
                 _SummariesOfExperiment())
             | "Statistics" >> beam.ParDo(_ExperimentRows(
-                self._definitions, self._config)).with_outputs(
+                self._definitions, self._config,
+                self._max_segment_values)).with_outputs(
                     DECISIONS, main="metric_stats"))
     return {"metric_stats": rows.metric_stats, "decisions": rows[DECISIONS]}
+
+
+class StreamedMetricRows(beam.PTransform):
+  """Joined request rows (dicts, the streaming attribution's REQUESTS) ->
+  metric_stats and decisions of `windowing` (a WindowInto), per pane.
+
+  Segment values are capped when rows are made (`fold_segments`): the
+  combine's state holds every value of a dimension, so stream only
+  low-cardinality dimensions.
+  """
+
+  def __init__(self, definitions, config: metric_stats.MetricConfig,
+               windowing: beam.PTransform, dimensions=(),
+               max_segment_values: int = 20):
+    super().__init__()
+    self._definitions = tuple(definitions)
+    self._config = config
+    self._windowing = windowing
+    self._dimensions = tuple(dimensions)
+    self._max_segment_values = max_segment_values
+
+  def expand(self, rows):
+    return (rows
+            | "Summarize" >> beam.FlatMap(metric_summary.summarize_row,
+                                          self._definitions, self._dimensions)
+            | "Window" >> self._windowing
+            | "MetricRows" >> MetricRows(self._definitions, self._config,
+                                         self._max_segment_values))
