@@ -15,6 +15,11 @@ import json
 import numpy as np
 
 
+COUNTRIES = ("US", "DE", "FR", "JP", "BR", "IN")
+COUNTRY_WEIGHTS = (0.35, 0.2, 0.15, 0.12, 0.1, 0.08)
+PLATFORMS = ("ios", "android", "web")
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
   name: str
@@ -52,6 +57,7 @@ class Scenario:
   # Log latency_ms, status, attributes (country, platform) and purchase
   # feedback ("metric": "purchase", reward = amount) too.
   serving_metrics: bool = False
+  countries: int = len(COUNTRIES)  # how many of COUNTRIES requests come from
 
 
 def _rfc3339(epoch: float) -> str:
@@ -87,11 +93,6 @@ def _seldon_event(request_id: str, router: str, branch: int, reward: float,
                    "reward": reward}}
 
 
-COUNTRIES = ("US", "DE", "FR", "JP", "BR", "IN")
-COUNTRY_WEIGHTS = (0.35, 0.2, 0.15, 0.12, 0.1, 0.08)
-PLATFORMS = ("ios", "android", "web")
-
-
 def _serving_fields(scenario: Scenario, arm_index: np.ndarray):
   """Per request: latency_ms, status, attributes (from their own generator,
   so that the other columns stay as without serving metrics)."""
@@ -103,7 +104,8 @@ def _serving_fields(scenario: Scenario, arm_index: np.ndarray):
       [a.error_rate for a in scenario.arms])[arm_index]
   status = np.where(errors, np.where(rng.random(n) < 0.5, "error", "503"),
                     np.where(rng.random(n) < 0.5, "ok", "200"))
-  country = rng.choice(len(COUNTRIES), size=n, p=COUNTRY_WEIGHTS)
+  weights = np.array(COUNTRY_WEIGHTS[:scenario.countries])
+  country = rng.choice(scenario.countries, size=n, p=weights / weights.sum())
   platform = rng.integers(len(PLATFORMS), size=n)
   purchase = rng.random(n) < np.array(
       [a.purchase_rate for a in scenario.arms])[arm_index]
