@@ -102,8 +102,7 @@ def _serving_fields(scenario: Scenario, arm_index: np.ndarray):
   latency = rng.gamma(4.0, latency_mean / 4.0)
   errors = rng.random(n) < np.array(
       [a.error_rate for a in scenario.arms])[arm_index]
-  status = np.where(errors, np.where(rng.random(n) < 0.5, "error", "503"),
-                    np.where(rng.random(n) < 0.5, "ok", "200"))
+  status = np.where(errors, np.where(rng.random(n) < 0.5, 500, 503), 200)
   weights = np.array(COUNTRY_WEIGHTS[:scenario.countries])
   country = rng.choice(scenario.countries, size=n, p=weights / weights.sum())
   platform = rng.integers(len(PLATFORMS), size=n)
@@ -112,7 +111,7 @@ def _serving_fields(scenario: Scenario, arm_index: np.ndarray):
   revenue_mean = np.array([a.revenue_mean for a in scenario.arms])[arm_index]
   amount = rng.lognormal(np.log(revenue_mean) - 0.5 * 0.6**2, 0.6)
   return [{"latency_ms": round(float(latency[i]), 2),
-           "status": int(status[i]) if status[i].isdigit() else str(status[i]),
+           "status": int(status[i]),
            "attributes": {"country": COUNTRIES[country[i]],
                           "platform": PLATFORMS[platform[i]]}}
           for i in range(n)], purchase, amount
