@@ -227,6 +227,9 @@ class RewardStreaming(beam.PTransform):
                "arm_stats_so_far": so_far.arm_stats,
                "dead_letter": dead_letters, "data_quality": counts}
     if plan:
+      if any(d.cap_percentile is not None for d in plan.definitions):
+        raise ValueError("cap_percentile is for batch runs: a stream has no "
+                         "control percentile before it aggregates; use cap")
       config = dataclasses.replace(plan.config, decide_on="sequential")
       outputs.update(
           attributed[streaming_attribution.REQUESTS]

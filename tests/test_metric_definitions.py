@@ -80,6 +80,10 @@ def test_inline_json_is_the_same_as_the_file():
     ("metrics: []\n", 1, "non-empty list"),
     ("metrics:\n  - name: a\n    source: feedback:x\n    type: mean\n"
      "    cap: lots\n", 5, "`cap` must be a number"),
+    ("metrics:\n  - name: a\n    source: feedback:x\n    type: mean\n"
+     "    cap: 3\n    cap_percentile: 0.9\n", 5, "not both"),
+    ("metrics:\n  - name: a\n    source: feedback:x\n    type: mean\n"
+     "    cap_percentile: 99\n", 5, "`cap_percentile` out of range"),
 ])
 def test_bad_file_fails_with_file_line_and_problem(tmp_path, text, line,
                                                    message):

@@ -269,3 +269,40 @@ def test_batch_and_streaming_metric_totals_agree(tmp_path):
               sequential_only, label="Sequential")
   with p:
     pass
+
+
+def test_percentile_cap_winsorizes_at_the_control_arms_percentile(tmp_path):
+  expected = _logs(tmp_path, seed=4, n=600)
+  capped = METRICS.replace("    cap: 50\n", "    cap_percentile: 0.95\n")
+  assert capped != METRICS
+  (tmp_path / "capped.yaml").write_text(capped)
+  reward_batch.run([
+      "--predictions", str(tmp_path / "predictions.jsonl"),
+      "--feedback", str(tmp_path / "feedback.jsonl"),
+      "--output_dir", str(tmp_path / "out"),
+      "--metrics", str(tmp_path / "capped.yaml"), "--control_arm", "a",
+      "--partition_date", "2026-11-21"])
+  rows = {(r["arm"], r["metric"]): r
+          for r in _read(tmp_path / "out", "metric_stats")
+          if r["dimension"] == "all"}
+  # _logs caps its expected revenue at 50 (the fixed cap): the raw sums.
+  raw = {}
+  for line in open(tmp_path / "feedback.jsonl"):
+    record = json.loads(line)
+    if record.get("metric") == "purchase":
+      raw[record["request_id"]] = raw.get(record["request_id"], 0.0) + record[
+          "reward"]
+  # Plus x3, a valid prediction of arm a without feedback (its attributes
+  # are not read without --dimensions).
+  revenue = np.array([raw.get(f"r{i}", 0.0) for i in range(len(expected))]
+                     + [0.0])
+  arms = np.append(expected["arm"].to_numpy(), "a")
+  # The sketch holds every value at this size: its 0.95 quantile is numpy's
+  # "higher" order statistic of the control's values.
+  cap = np.quantile(revenue[arms == "a"], 0.95, method="higher")
+  assert 0 < cap < revenue.max()
+  for arm in ("a", "b"):
+    assert rows[(arm, "revenue")]["value_sum"] == pytest.approx(
+        np.minimum(revenue[arms == arm], cap).sum())
+  assert rows[("a", "clicks")]["value_sum"] == expected[
+      expected["arm"] == "a"]["clicks"].sum()  # other metrics uncapped

@@ -207,8 +207,10 @@ def _error_values(status) -> np.ndarray:
 
 
 def metric_values(requests: pa.Table,
-                  definition: metric_defs.MetricDefinition) -> np.ndarray:
-  """One value per request (NaN: not counted), after `missing` and `cap`."""
+                  definition: metric_defs.MetricDefinition,
+                  row_caps: np.ndarray | None = None) -> np.ndarray:
+  """One value per request (NaN: not counted), after `missing` and `cap`;
+  `row_caps`: a cap per request (a percentile cap of its experiment)."""
   kind, name = definition.source_kind, definition.source_name
   if kind == metric_defs.FEEDBACK_SOURCE:
     values = _numpy_float(requests[rewards.signal_column(name, definition.reduce)])
@@ -216,7 +218,10 @@ def metric_values(requests: pa.Table,
     values = _error_values(requests["status"])
   else:
     values = _numpy_float(requests[name])
-  return _missing_and_cap(values, definition)
+  values = _missing_and_cap(values, definition)
+  if row_caps is not None:
+    values = np.minimum(values, row_caps)
+  return values
 
 
 def _missing_and_cap(values: np.ndarray, definition) -> np.ndarray:
@@ -348,12 +353,70 @@ def top_segment_values(counts: Mapping, max_values: int) -> dict:
           for key, values in by_dimension.items()}
 
 
+def _codes(column) -> tuple:
+  encoded = pc.dictionary_encode(column.combine_chunks())
+  return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+          encoded.dictionary.to_pylist())
+
+
+def cap_sketches(requests: pa.Table, definitions) -> list:
+  """[((experiment_id, arm, metric), MetricSummary with a sketch)] of the
+  uncapped values of the metrics with a `cap_percentile` (first pass)."""
+  capped = [d for d in definitions if d.cap_percentile is not None]
+  if not capped or requests.num_rows == 0:
+    return []
+  experiment_codes, experiment_names = _codes(requests["experiment_id"])
+  arm_codes, arm_names = _codes(requests["arm"])
+  key = experiment_codes * len(arm_names) + arm_codes
+  partials = []
+  for definition in capped:
+    values = metric_values(requests, definition)
+    rows = np.flatnonzero(~np.isnan(values))
+    if not len(rows):
+      continue
+    keys, groups = np.unique(key[rows], return_inverse=True)
+    for k, summary in zip(keys, summarize_groups(
+        groups, len(keys), values[rows], with_sketch=True)):
+      partials.append(((experiment_names[k // len(arm_names)],
+                        arm_names[k % len(arm_names)], definition.name),
+                       summary))
+  return partials
+
+
+def percentile_caps(sketches: Mapping, definitions,
+                    control_arm: str | None = None) -> dict:
+  """{(experiment_id, arm, metric): merged summary} -> {(experiment_id,
+  metric): cap}: the metric's `cap_percentile` of the control arm's values
+  (`control_arm`, else the arm with most values; ties: first name)."""
+  by_metric = {}
+  for (experiment, arm, metric), summary in sketches.items():
+    by_metric.setdefault((experiment, metric), {})[arm] = summary
+  percentiles = {d.name: d.cap_percentile for d in definitions}
+  caps = {}
+  for (experiment, metric), arms in by_metric.items():
+    control = control_arm if control_arm in arms else min(
+        arms, key=lambda arm: (-arms[arm].n, arm))
+    caps[(experiment, metric)] = arms[control].sketch.get_quantile(
+        percentiles[metric])
+  return caps
+
+
+def _row_caps(definition, experiment_codes, experiment_names, caps):
+  if definition.cap_percentile is None:
+    return None
+  per_experiment = np.array([caps.get((e, definition.name), math.inf)
+                             for e in experiment_names])
+  return per_experiment[experiment_codes]
+
+
 def summarize(requests: pa.Table, definitions, dimensions=(),
-              segment_values: Mapping | None = None) -> list:
+              segment_values: Mapping | None = None,
+              caps: Mapping | None = None) -> list:
   """Joined requests -> [((experiment_id, dimension, segment, arm, metric),
   MetricSummary)], overall (dimension = segment = "all") and per segment.
 
   Also one REQUESTS summary per (experiment, segment, arm): its requests.
+  `caps`: {(experiment_id, metric): cap} of the percentile caps.
   """
   if requests.num_rows == 0:
     return []
@@ -365,8 +428,10 @@ def summarize(requests: pa.Table, definitions, dimensions=(),
   experiment_codes = experiments.indices.to_numpy(
       zero_copy_only=False).astype(np.int64)
   arm_codes = arms.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-  values = {d.name: metric_values(requests, d) for d in definitions
-            if d.type != metric_defs.RATIO}
+  values = {d.name: metric_values(
+      requests, d, _row_caps(d, experiment_codes, experiment_names,
+                             caps or {}))
+            for d in definitions if d.type != metric_defs.RATIO}
   segmentations = [(ALL, np.zeros(requests.num_rows, np.int64), [ALL])]
   for dimension in dimensions:
     codes, names = _segment_codes(requests, dimension, experiment_codes,

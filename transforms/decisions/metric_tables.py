@@ -22,6 +22,22 @@ from transforms.io import schemas
 DECISIONS = "decisions"
 
 
+class MetricSummaryCombineFn(beam.CombineFn):
+  """Merge MetricSummary partials of one key."""
+
+  def create_accumulator(self):
+    return metric_summary.MetricSummary()
+
+  def add_input(self, accumulator, partial):
+    return accumulator.merge_into(partial)
+
+  def merge_accumulators(self, accumulators):
+    return metric_summary.merge_all(accumulators)
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
 class _SummariesOfExperiment(beam.CombineFn):
   """((dimension, segment, arm, metric), MetricSummary) -> {key: merged}.
 
@@ -143,10 +159,23 @@ class MetricDecisions(beam.PTransform):
           | "AllCounts" >> beam.combiners.ToDict()
           | "TopValues" >> beam.Map(metric_summary.top_segment_values,
                                     self._max_segment_values))
+    caps = beam.pvalue.AsSingleton(
+        requests.pipeline | "NoCaps" >> beam.Create([{}]))
+    if any(d.cap_percentile is not None for d in self._definitions):
+      caps = beam.pvalue.AsSingleton(
+          requests
+          | "CapSketches" >> beam.FlatMap(metric_summary.cap_sketches,
+                                          self._definitions)
+          | "CombineCapSketches" >> beam.CombinePerKey(
+              MetricSummaryCombineFn())
+          | "AllCapSketches" >> beam.combiners.ToDict()
+          | "PercentileCaps" >> beam.Map(metric_summary.percentile_caps,
+                                         self._definitions,
+                                         self._config.control_arm))
     return (requests
             | "Summarize" >> beam.FlatMap(metric_summary.summarize,
                                           self._definitions, self._dimensions,
-                                          segment_values)
+                                          segment_values, caps)
             | "MetricRows" >> MetricRows(self._definitions, self._config))
 
 

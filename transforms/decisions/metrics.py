@@ -40,7 +40,8 @@ PREDICTION_FIELDS = ("latency_ms", "propensity")
 DEFAULT_SIGNAL = "reward"
 
 _KEYS = ("name", "source", "type", "role", "direction", "margin", "q",
-         "numerator", "denominator", "reduce", "missing", "cap", "experiments")
+         "numerator", "denominator", "reduce", "missing", "cap",
+         "cap_percentile", "experiments")
 
 
 class MetricsFileError(ValueError):
@@ -60,7 +61,9 @@ class MetricDefinition:
     is acceptable).
   reduce: how several feedback records of the signal on one request become
     one value; missing: a request without a value counts as 0 (zero) or is
-    left out (ignore); cap: values above it are set to it (winsorized).
+    left out (ignore); cap: values above it are set to it (winsorized);
+    cap_percentile: the same at that percentile (in (0, 1)) of the control
+    arm's values in each experiment (batch only).
   experiments: the experiment ids it applies to; empty: every experiment.
   """
   name: str
@@ -75,6 +78,7 @@ class MetricDefinition:
   reduce: str = "max"
   missing: str = "zero"
   cap: float | None = None
+  cap_percentile: float | None = None
   experiments: tuple = ()
 
   @property
@@ -203,9 +207,17 @@ def _definition(values: dict) -> MetricDefinition:
   elif role == GUARDRAIL:
     raise ValueError("a guardrail needs `margin`: the relative change in its "
                      "bad direction it tolerates (0 for none)")
-  cap = None
+  cap = cap_percentile = None
   if values.get("cap") is not None:
     cap = _number(values["cap"], "cap")
+  if values.get("cap_percentile") is not None:
+    if cap is not None:
+      raise ValueError("give `cap` or `cap_percentile`, not both")
+    if kind == RATIO:
+      raise ValueError("a ratio is capped through its parts: `cap_percentile` "
+                       "belongs to them")
+    cap_percentile = _number(values["cap_percentile"], "cap_percentile", 0.0,
+                             1.0, open_low=True, open_high=True)
   experiments = values.get("experiments", ())
   if isinstance(experiments, str):
     experiments = (experiments,)
@@ -219,7 +231,7 @@ def _definition(values: dict) -> MetricDefinition:
       numerator=values.get("numerator"), denominator=values.get("denominator"),
       reduce=values.get("reduce", "max"),
       missing=values.get("missing", default_missing), cap=cap,
-      experiments=tuple(experiments))
+      cap_percentile=cap_percentile, experiments=tuple(experiments))
 
 
 def parse_metrics(text: str, source_name: str = "<metrics>") -> tuple:
