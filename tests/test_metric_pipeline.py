@@ -306,3 +306,29 @@ def test_percentile_cap_winsorizes_at_the_control_arms_percentile(tmp_path):
         np.minimum(revenue[arms == arm], cap).sum())
   assert rows[("a", "clicks")]["value_sum"] == expected[
       expected["arm"] == "a"]["clicks"].sum()  # other metrics uncapped
+
+
+@pytest.mark.parametrize("name", ["reward_batch", "reward_streaming"])
+def test_dataflow_dry_run_with_metrics(name, monkeypatch):
+  import socket
+  import test_dataflow_dry_run as dry_run
+  from templates import main
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access during a dry run: {args}")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+  monkeypatch.setenv(main.PIPELINE_ENV, name)
+  inline = json.dumps({"metrics": [
+      {"name": "clicks", "source": "feedback:click", "type": "proportion",
+       "role": "goal"},
+      {"name": "latency_ms", "source": "prediction:latency_ms",
+       "type": "quantile", "q": 0.95, "role": "guardrail",
+       "direction": "decrease", "margin": 0.05}]})
+  job = main.main(dry_run.arguments(name, metrics=inline,
+                                    dimensions="country")).job
+  transforms = dry_run.check_job(name, job)
+  for table in ("metric_stats", "decisions"):
+    assert any(t.startswith(f"WriteOutputs/Write_{table}/WriteBigQuery")
+               for t in transforms)
