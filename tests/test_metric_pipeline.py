@@ -332,3 +332,13 @@ def test_dataflow_dry_run_with_metrics(name, monkeypatch):
   for table in ("metric_stats", "decisions"):
     assert any(t.startswith(f"WriteOutputs/Write_{table}/WriteBigQuery")
                for t in transforms)
+
+
+def test_rows_carry_the_span_of_the_predictions(tmp_path):
+  _logs(tmp_path, n=30)
+  out = _run(tmp_path)
+  spans = {(r["window_start"], r["window_end"])
+           for table in ("metric_stats", "decisions") for r in out[table]}
+  # x1..x3 (at T0) are dead letters; r0..r29 are at T0 + i.
+  assert spans == {("2026-11-21T00:00:00.000000Z",
+                    "2026-11-21T00:00:29.000000Z")}

@@ -31,7 +31,8 @@ KLL_K = 800
 ALL = "all"  # the dimension and segment of the overall rows
 OTHER = "other"  # values past --max_segment_values
 MISSING_VALUE = "(none)"  # the request has no such attribute
-# Pseudo-metric counting the served requests of an arm (its impressions).
+# Pseudo-metric counting the served requests of an arm (its impressions);
+# its minimum and maximum are the span of their prediction times.
 REQUESTS = "*requests*"
 
 
@@ -260,7 +261,8 @@ def summarize_row(row: dict, definitions, dimensions=()) -> list:
   partials = []
   for dimension, segment in segments:
     key = (experiment_id, dimension, segment, arm)
-    partials.append((key + (REQUESTS,), MetricSummary(1, 0.0, 0.0, 0.0, 0.0)))
+    partials.append((key + (REQUESTS,), MetricSummary(
+        1, 0.0, 0.0, row["ts"], row["ts"])))
     for definition in definitions:
       if not definition.applies_to(experiment_id):
         continue
@@ -432,6 +434,7 @@ def summarize(requests: pa.Table, definitions, dimensions=(),
       requests, d, _row_caps(d, experiment_codes, experiment_names,
                              caps or {}))
             for d in definitions if d.type != metric_defs.RATIO}
+  ts = _numpy_float(requests["ts"])
   segmentations = [(ALL, np.zeros(requests.num_rows, np.int64), [ALL])]
   for dimension in dimensions:
     codes, names = _segment_codes(requests, dimension, experiment_codes,
@@ -449,9 +452,13 @@ def summarize(requests: pa.Table, definitions, dimensions=(),
       return (experiment_names[rest // len(segment_names)], dimension,
               segment_names[rest % len(segment_names)], arm, metric)
 
-    for k, count in zip(keys, np.bincount(groups)):
+    ts_min = np.full(len(keys), np.inf)
+    ts_max = np.full(len(keys), -np.inf)
+    np.minimum.at(ts_min, groups, ts)
+    np.maximum.at(ts_max, groups, ts)
+    for k, count, low, high in zip(keys, np.bincount(groups), ts_min, ts_max):
       partials.append((name_of(k, REQUESTS), MetricSummary(
-          int(count), 0.0, 0.0, 0.0, 0.0)))
+          int(count), 0.0, 0.0, float(low), float(high))))
     for definition in definitions:
       applies = np.array([definition.applies_to(e) for e in experiment_names])
       if definition.type == metric_defs.RATIO:

@@ -74,11 +74,17 @@ def experiment_rows(experiment_id: str, summaries: dict, definitions,
 
   summaries: (dimension, segment, arm, metric) -> merged MetricSummary.
   Every arm seen in the experiment is an arm of each of its segments. With
-  `max_segment_values`, values past it are folded into "other" here.
+  `max_segment_values`, values past it are folded into "other" here. `window`
+  (start, end) epoch seconds; by default the span of the predictions.
   """
   if max_segment_values is not None:
     summaries = metric_summary.fold_segments(summaries, max_segment_values)
   definitions = [d for d in definitions if d.applies_to(experiment_id)]
+  if window is None:  # The span of the experiment's predictions.
+    spans = [summary for (d, _, _, metric), summary in summaries.items()
+             if metric == metric_summary.REQUESTS and d == metric_summary.ALL]
+    if spans:
+      window = (min(s.minimum for s in spans), max(s.maximum for s in spans))
   arms = sorted({arm for (_, _, arm, _) in summaries})
   segments = sorted({(d, s) for (d, s, _, _) in summaries},
                     key=lambda ds: (ds[0] != metric_summary.ALL, ds))
