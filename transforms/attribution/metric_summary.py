@@ -7,7 +7,7 @@ any mean), min and max (a variance is zero only when every value was equal),
 for a ratio the denominator's moments and the co-moment, and for a quantile
 metric an Apache DataSketches KLL sketch. `summarize` turns one shard of
 joined requests into ((experiment_id, dimension, segment, arm, metric),
-MetricSummary) partials that Beam combines per key with `MetricSummary.merge`.
+MetricSummary) partials that Beam combines with `MetricSummary.merge_into`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """Joined requests -> metric_stats and decisions rows (Beam).
 
-  requests ─(per shard) summarize─CombinePerKey(MetricSummary)─ByExperiment─┬ metric_stats
-           └ SegmentCounts ─ top --max_segment_values per dimension (side) ┘└ decisions
+  requests ─Summarize (per join shard)─CombineExperiment─Statistics─┬ metric_stats
+     ├ SegmentCounts ─ top --max_segment_values per dimension ─┘ (side inputs) └ decisions
+     └ CapSketches ─ control percentile per cap_percentile metric ┘
 
-Per-arm metric summaries are built per join shard in Arrow/numpy and merged
-with `MetricSummary.merge` per (experiment, dimension, segment, arm, metric);
-each experiment's merged summaries then become its rows (pure:
-metric_stats.segment_statistics, verdicts.decide).
+Per-arm metric summaries are built per join shard in Arrow/numpy, keyed by
+(experiment, dimension, segment, arm, metric), and merged in one combine per
+experiment (`MetricSummary.merge_into`); each experiment's summaries then
+become its rows (pure: metric_stats.segment_statistics, verdicts.decide).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ VERDICTS = (SHIP, ROLLBACK, INVALID, KEEP_RUNNING)
 BETTER = "better"
 WORSE = "worse"
 NON_INFERIOR = "non-inferior"
-INCONCLUSIVE = "not significant"
+NOT_SIGNIFICANT = "not significant"
 UNDECIDED = "inconclusive"  # a guardrail neither worse nor non-inferior
 
 
@@ -50,7 +50,7 @@ def _goal_outcome(row, config) -> str:
     column = column.replace("_adj", "")
   p_value, lift = row.get(column), row.get("lift")
   if p_value is None or lift is None or p_value >= config.alpha:
-    return INCONCLUSIVE
+    return NOT_SIGNIFICANT
   good = lift < 0 if row["direction"] == metric_defs.DECREASE else lift > 0
   return BETTER if good else WORSE
 
