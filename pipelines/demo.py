@@ -6,7 +6,9 @@ starts the local BigQuery emulator, runs the batch reward pipeline on the
 DirectRunner into it, prints the per-arm table read back from BigQuery, and
 renders the HTML report from it. Then trains two small Keras click models and
 shadow-scores the candidate against the baseline with the batch inference
-pipeline, into the emulator too.
+pipeline, into the emulator too. Last, decides a second experiment on several
+metrics (clicks, purchases, latency p95, errors) per country and platform:
+one candidate wins on clicks but breaks the latency guardrail (rollback).
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ SCENARIO = simulate.Scenario(
     requests=30_000, feedback_rate=0.6, duplicate_feedback=0.03,
     late_feedback=0.01, duplicate_predictions=0.005, shadow_arm="shadow-v2",
     orphan_feedback=0.005, malformed=0.002, seldon_feedback=0.1)
+
+# Metrics and verdicts (docs/metrics.md): a dataset of its own, as above.
+METRICS_DATASET = "online_eval_metrics"
+METRICS_SCENARIO = simulate.Scenario(
+    experiment_id="checkout-ranker", policy="ab",
+    arms=(simulate.Arm("control", 0.10, latency_ms=80.0),
+          simulate.Arm("fast-model", 0.105, latency_ms=78.0),
+          simulate.Arm("big-model", 0.125, latency_ms=100.0)),
+    requests=30_000, feedback_rate=1.0, serving_metrics=True, seed=11)
+METRICS_FILE = """\
+metrics:
+  - {name: clicks, source: "feedback:reward", type: proportion, role: goal}
+  - {name: revenue, source: "feedback:purchase", type: mean, reduce: sum,
+     cap: 500}
+  - {name: latency_ms, source: "prediction:latency_ms", type: quantile,
+     q: 0.95, role: guardrail, direction: decrease, margin: 0.05}
+  - {name: errors, source: "prediction:error", type: proportion,
+     role: guardrail, direction: decrease, margin: 0.5}
+"""
 
 ARM_COLUMNS = (("arm", "{}"), ("impressions", "{:,}"), ("samples", "{:,}"),
                ("reward_mean", "{:.4f}"), ("ci_low", "{:.4f}"),
@@ -124,6 +145,7 @@ def main(argv=None) -> None:
                        f"--bigquery_emulator_host={emulator.host}",
                        f"--out={args.workdir}/report.html"])
     run_inference(args.workdir, emulator)
+    run_metrics(args.workdir, emulator)
   print(f"\nreport: {os.path.abspath(page)}")
 
 
@@ -145,6 +167,40 @@ def run_inference(workdir: str, emulator) -> None:
     print(f"shadow {row['model']} vs {row['baseline']}: {row['rows']:,} rows, "
           f"agreement {row['agreement_rate']:.3f}, "
           f"mean |diff| {row['mean_abs_diff']:.4f}")
+
+
+def run_metrics(workdir: str, emulator) -> None:
+  """Decide the checkout experiment on goal and guardrail metrics."""
+  logs = f"{workdir}/metrics-logs"
+  n_pred, n_fb, _ = write_sample_logs(logs, METRICS_SCENARIO)
+  with open(f"{workdir}/metrics.yaml", "w", encoding="utf-8") as f:
+    f.write(METRICS_FILE)
+  print(f"\nmetrics: {n_pred:,} predictions with latency, status, country "
+        f"and platform; {n_fb:,} click and purchase feedback")
+  reward_batch.run([
+      f"--predictions={logs}/predictions.jsonl",
+      f"--feedback={logs}/feedback.jsonl",
+      f"--metrics={workdir}/metrics.yaml", "--dimensions=country,platform",
+      "--max_segment_values=4", "--control_arm=control",
+      f"--output_dataset={emulator.project}:{METRICS_DATASET}",
+      f"--bigquery_emulator_host={emulator.host}",
+      f"--output_dir={workdir}/metrics-out", "--runner=FnApiRunner"])
+  client = bigquery.bigquery_client(emulator.project, emulator.host)
+  decisions = bigquery.read_rows(client, emulator.project, METRICS_DATASET,
+                                 "decisions")
+  for row in sorted((r for r in decisions if r["dimension"] == "all"),
+                    key=lambda r: r["arm"]):
+    print(f"{row['experiment_id']} {row['arm']} vs {row['control_arm']}: "
+          f"{row['verdict'].upper()} ({row['decide_on']})")
+    for reason in row["reasons"]:
+      print(f"  {reason}")
+  segments = [r for r in decisions if r["dimension"] != "all"]
+  by_verdict = {}
+  for row in segments:
+    by_verdict.setdefault(row["verdict"], []).append(
+        f"{row['arm']}@{row['dimension']}={row['segment']}")
+  print("per segment: " + "; ".join(
+      f"{verdict} {len(rows)}" for verdict, rows in sorted(by_verdict.items())))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import options as opts
 from transforms.checks import preflight
+from reporting import metric_report
 from reporting import report_html
 from transforms.io import schemas
 
 TABLES = (schemas.ARM_STATS, schemas.ROUTER_STATE, schemas.RUN_SUMMARY)
+# Read when present (runs with --metrics).
+OPTIONAL_TABLES = (schemas.METRIC_STATS, schemas.DECISIONS)
 
 
 def is_bigquery_dataset(source: str) -> bool:
@@ -65,9 +68,28 @@ def load_tables(source: str,
                 emulator_host: str | None = None) -> dict[str, list[dict]]:
   """table name -> rows, for `TABLES`, from a directory or a dataset."""
   if is_bigquery_dataset(source):
-    return {table.name: read_bigquery_table(source, table.name, emulator_host)
-            for table in TABLES}
-  return {table.name: read_file_table(source, table) for table in TABLES}
+    tables = {table.name: read_bigquery_table(source, table.name,
+                                              emulator_host)
+              for table in TABLES}
+    for table in OPTIONAL_TABLES:
+      try:
+        tables[table.name] = read_bigquery_table(source, table.name,
+                                                 emulator_host)
+      except Exception as error:  # pylint: disable=broad-except
+        if type(error).__name__ != "NotFound":
+          raise
+        tables[table.name] = []
+    return tables
+  return {table.name: read_file_table(source, table)
+          for table in TABLES + OPTIONAL_TABLES}
+
+
+def metric_sections(tables: dict) -> dict[str, str]:
+  """experiment id -> its metrics section (verdicts, metrics, segments)."""
+  return {experiment: metric_report.metrics_html(
+      experiment, tables["metric_stats"], tables["decisions"])
+          for experiment in {r["experiment_id"]
+                             for r in tables["metric_stats"]}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +117,8 @@ def run(argv=None) -> str:
     raise ValueError(f"no arm_stats rows in {args.input}")
   page = report_html.render_report(
       tables["arm_stats"], tables["router_state"], source=args.input,
-      run_summary_rows=tables["run_summary"])
+      run_summary_rows=tables["run_summary"],
+      experiment_sections=metric_sections(tables), extra_css=metric_report.CSS)
   with FileSystems.create(args.out, mime_type="text/html") as f:
     f.write(page.encode("utf-8"))
   return args.out

@@ -2,7 +2,9 @@ r"""Batch reward aggregation: serving logs in, per-arm rewards and statistics ou
 
   predictions ─ReadPredictions─┐
                                ├─AttributeRewards─ExperimentStatistics─┬─ arm_stats
-  feedback ────ReadFeedback────┘                                       └─ router_state
+  feedback ────ReadFeedback────┘      │                                └─ router_state
+                    (with --metrics)  └─ requests ─MetricDecisions─┬─ metric_stats
+                                                                   └─ decisions
   (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
   data_quality, arm_stats ─RunSummary (quality gates)─ run_summary
 
@@ -21,15 +23,20 @@ or from BigQuery (one day of each table; docs/log-sources.md):
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
 from transforms.checks import gates
 from transforms.checks import preflight
 from transforms.checks import run_summary
 from transforms.decisions import arm_table
+from transforms.decisions import metric_stats
+from transforms.decisions import metric_tables
+from transforms.decisions import metrics
 from transforms.logs import contract
 from transforms.decisions import experiments
 from transforms import options as opts
@@ -81,8 +88,16 @@ class StatisticsOptions(PipelineOptions):
     opts.add_options(parser, opts.STATISTICS_OPTIONS)
 
 
+class MetricOptions(PipelineOptions):
+  """Which metrics decide, per segment, and how."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, opts.METRIC_OPTIONS)
+
+
 OPTION_CLASSES = (RewardBatchOptions, opts.LogSourceOptions,
-                  AttributionOptions, StatisticsOptions,
+                  AttributionOptions, StatisticsOptions, MetricOptions,
                   opts.QualityGateOptions, opts.OutputFileOptions,
                   opts.OutputPipelineOptions)
 TABLES = (*schemas.TABLES.values(), schemas.RUN_SUMMARY)
@@ -111,11 +126,58 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
 def gate_config(pipeline_options) -> gates.GateConfig:
   checks = pipeline_options.view_as(opts.QualityGateOptions)
   statistics = statistics_config(pipeline_options)
+  plan = metric_plan(pipeline_options)
   return gates.GateConfig(
       max_dead_letter_fraction=checks.max_dead_letter_fraction,
       allow_partial=bool(checks.allow_partial),
       control_arm=statistics.control_arm,
-      expected_allocation=statistics.expected_allocation)
+      expected_allocation=statistics.expected_allocation,
+      reward_measured=plan is None or any(
+          signal == rewards.DEFAULT_SIGNAL for signal, _ in plan.signals))
+
+
+def _read_text(path: str) -> str:
+  with FileSystems.open(path) as f:
+    return f.read().decode("utf-8")
+
+
+class MetricPlan(NamedTuple):
+  """What --metrics and its companions ask for."""
+  definitions: tuple
+  config: metric_stats.MetricConfig
+  dimensions: tuple
+  max_segment_values: int
+
+  @property
+  def prediction_extras(self) -> tuple:
+    extras = metrics.prediction_extras(self.definitions)
+    return extras + (("attributes",) if self.dimensions else ())
+
+  @property
+  def signals(self) -> tuple:
+    return metrics.feedback_signals(self.definitions)
+
+
+def metric_plan(pipeline_options) -> MetricPlan | None:
+  """The metric plan of the options; None without --metrics.
+
+  Reads the definitions now, so a bad file fails the run before it starts.
+  """
+  chosen = pipeline_options.view_as(MetricOptions)
+  if not chosen.metrics:
+    return None
+  statistics = pipeline_options.view_as(StatisticsOptions)
+  return MetricPlan(
+      metrics.load_metrics(chosen.metrics, read=_read_text),
+      metric_stats.MetricConfig(
+          control_arm=statistics.control_arm,
+          expected_allocation=opts.parse_allocation(
+              statistics.expected_allocation),
+          seq_tuning=statistics.seq_tuning, correction=chosen.correction,
+          decide_on=chosen.decide_on, min_samples=chosen.min_samples),
+      tuple(d.strip() for d in (chosen.dimensions or "").split(",")
+            if d.strip()),
+      chosen.max_segment_values)
 
 
 class RewardAggregation(beam.PTransform):
@@ -125,9 +187,11 @@ class RewardAggregation(beam.PTransform):
                feedback: str | log_sources.LogSource,
                attribution: rewards.AttributionConfig,
                statistics: arm_table.StatisticsConfig, join_shards: int = 32,
-               sampling_rates: dict | None = None):
+               sampling_rates: dict | None = None,
+               plan: MetricPlan | None = None):
     """predictions, feedback: file patterns, or where the logs are."""
     super().__init__()
+    self._plan = plan
     self._predictions = _log_source(predictions)
     self._feedback = _log_source(feedback)
     self._attribution = attribution
@@ -136,20 +200,26 @@ class RewardAggregation(beam.PTransform):
     self._sampling_rates = sampling_rates
 
   def expand(self, pbegin):
+    plan = self._plan
+    if plan and not self._predictions:
+      raise ValueError("--metrics needs --predictions")
     feedback = pbegin | "ReadFeedback" >> log_sources.ReadLogSource(
-        self._feedback, contract.FEEDBACK)
+        self._feedback, contract.FEEDBACK, ("metric",) if plan else ())
     reads = [feedback]
     predictions = None
     if self._predictions:
       predictions = pbegin | "ReadPredictions" >> log_sources.ReadLogSource(
-          self._predictions, contract.PREDICTION)
+          self._predictions, contract.PREDICTION,
+          plan.prediction_extras if plan else ())
       reads.append(predictions)
     tables = {"feedback": feedback.records}
     if predictions:
       tables["predictions"] = predictions.records
     attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
-                      self._attribution, self._join_shards))
+                      self._attribution, self._join_shards,
+                      plan.prediction_extras if plan else (),
+                      plan.signals if plan else ()))
     statistics = (attributed["arm_totals"]
                   | "ExperimentStatistics" >>
                   experiments.ExperimentStatistics(self._statistics))
@@ -165,9 +235,15 @@ class RewardAggregation(beam.PTransform):
               [attributed[quality.COUNTS]] + estimated
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
-    return {"arm_stats": statistics.arm_stats,
-            "router_state": statistics[experiments.ROUTER_STATE],
-            "dead_letter": dead_letters, "data_quality": counts}
+    outputs = {"arm_stats": statistics.arm_stats,
+               "router_state": statistics[experiments.ROUTER_STATE],
+               "dead_letter": dead_letters, "data_quality": counts}
+    if plan:
+      outputs.update(attributed["requests"]
+                     | "MetricDecisions" >> metric_tables.MetricDecisions(
+                         plan.definitions, plan.config, plan.dimensions,
+                         plan.max_segment_values))
+    return outputs
 
 
 def _log_source(source):
@@ -179,6 +255,10 @@ def _log_source(source):
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(RewardBatchOptions)
+  plan = metric_plan(pipeline_options)
+  tables = list(TABLES)
+  if plan:
+    tables += schemas.METRIC_TABLES.values()
   output = sinks.OutputConfig.from_options(pipeline_options)
   sources = log_sources.log_sources(pipeline_options, output.partition_date,
                                     predictions=inputs.predictions,
@@ -188,21 +268,23 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
                      "--feedback_query")
   sampling_rates = opts.parse_sampling_rate(
       pipeline_options.view_as(opts.LogSourceOptions).sampling_rate)
-  sinks.prepare_emulator_tables(output, TABLES, replace_partition=True)
+  sinks.prepare_emulator_tables(output, tables, replace_partition=True)
   outputs = (pipeline
              | "RewardAggregation" >> RewardAggregation(
                  sources["predictions"], sources["feedback"],
                  attribution_config(pipeline_options,
                                     sources["predictions"] is not None),
                  statistics_config(pipeline_options), inputs.join_shards,
-                 sampling_rates))
+                 sampling_rates, plan))
   summary = (outputs
              | "RunSummary" >> run_summary.RunSummary(
                  "reward_batch", gate_config(pipeline_options),
-                 run_summary.destinations(output, TABLES),
+                 run_summary.destinations(output, tables),
                  gates.reward_verdicts))
   _ = ({**outputs, schemas.RUN_SUMMARY.name: summary}
-       | "WriteOutputs" >> sinks.WriteTables(TABLES, output))
+       | "WriteOutputs" >> sinks.WriteTables(tables, output))
+
+
 def preflight_checks(pipeline_options) -> None:
   """What can fail in seconds, before the pipeline starts: the outputs, the
   log files given (build() says which inputs are required)."""
@@ -210,7 +292,9 @@ def preflight_checks(pipeline_options) -> None:
   log_sources.log_sources(pipeline_options, None,  # One source per log.
                           predictions=inputs.predictions,
                           feedback=inputs.feedback)
-  preflight.check_outputs(pipeline_options, TABLES)
+  plan = metric_plan(pipeline_options)  # The metrics file loads.
+  preflight.check_outputs(pipeline_options, [
+      *TABLES, *(schemas.METRIC_TABLES.values() if plan else ())])
   files = {}
   for option, record_type in (("feedback", contract.FEEDBACK),
                               ("predictions", contract.PREDICTION)):

@@ -4,6 +4,8 @@ r"""Streaming reward aggregation: live per-arm rewards and router state from Pub
                                   ├─AttributeRequests─┬─ArmStatsPerWindow─── arm_stats
   feedback ────Read─ParseMessages─┘  (state + timers  └─StatisticsSoFar──┬── router_state
                                       per request_id)                    └── (arm rows so far)
+             (with --metrics) └─ requests ─MetricsSoFar─┬─ metric_stats
+                                                         └─ decisions
   (every stage) ─ dead letters ─ dead_letter;  counts ─CountsSoFar─ data_quality
 
 Run locally against the Pub/Sub and BigQuery emulators (see
@@ -31,7 +33,9 @@ from apache_beam.transforms import window
 from pipelines import reward_batch
 from transforms.checks import preflight
 from transforms.decisions import arm_table
+from transforms.decisions import metric_tables
 from transforms.decisions import experiments
+from transforms.logs import contract
 from transforms.logs import messages
 from transforms import options as opts
 from transforms.logs import quality
@@ -39,6 +43,7 @@ from transforms.attribution import rewards
 from transforms.io import schemas
 from transforms.io import sinks
 from transforms.logs.messages import ParseMessages
+from transforms.attribution import streaming_attribution
 from transforms.attribution.streaming_attribution import AttributeRequests
 
 
@@ -88,7 +93,8 @@ class RewardStreamingOptions(PipelineOptions):
 
 
 OPTION_CLASSES = (RewardStreamingOptions, reward_batch.AttributionOptions,
-                  reward_batch.StatisticsOptions, opts.OutputPipelineOptions)
+                  reward_batch.StatisticsOptions, reward_batch.MetricOptions,
+                  opts.OutputPipelineOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,27 +178,38 @@ class RewardStreaming(beam.PTransform):
   router_state and arm_stats_so_far (all data so far), dead_letter, data_quality.
 
   `subscriptions` names each input's source (the dead letters' source_file).
+  With a metric `plan` (reward_batch.MetricPlan), also metric_stats and
+  decisions of all data so far, refreshed every pane, decided on the
+  sequential statistics.
   """
 
   def __init__(self, subscriptions: dict,
                attribution: rewards.AttributionConfig,
-               statistics: arm_table.StatisticsConfig, windows: WindowConfig):
+               statistics: arm_table.StatisticsConfig, windows: WindowConfig,
+               plan: reward_batch.MetricPlan | None = None):
     super().__init__()
     self._subscriptions = subscriptions
     self._attribution = attribution
     self._statistics = statistics
     self._windows = windows
+    self._plan = plan
 
   def expand(self, payloads):
+    plan = self._plan
+    extras = {
+        contract.PREDICTION: plan.prediction_extras if plan else (),
+        contract.FEEDBACK: ("metric",) if plan else ()}
     parsed = {
         name: payloads[name] | f"Parse_{name}" >> ParseMessages(
-            record_type, self._subscriptions[name])
+            record_type, self._subscriptions[name], extras[record_type])
         for name, record_type in messages.SOURCES.items()
     }
     attributed = ({name: p.records for name, p in parsed.items()}
                   | "AttributeRequests" >> AttributeRequests(
                       self._attribution, self._windows.allowed_lateness_s,
-                      self._subscriptions["feedback"]))
+                      self._subscriptions["feedback"],
+                      plan.signals if plan else (),
+                      plan.prediction_extras if plan else ()))
     contributions = attributed.contributions
     arm_stats = contributions | "ArmStatsPerWindow" >> ArmStatsPerWindow(
         self._windows, self._attribution.attribution_window_s,
@@ -207,10 +224,21 @@ class RewardStreaming(beam.PTransform):
               | "FlattenCounts" >> beam.Flatten()
               | "CountsSoFar" >> SoFar(self._windows.early_firing_s)
               | "DataQuality" >> quality.SummarizeCounts())
-    return {"arm_stats": arm_stats,
-            "router_state": so_far[experiments.ROUTER_STATE],
-            "arm_stats_so_far": so_far.arm_stats,
-            "dead_letter": dead_letters, "data_quality": counts}
+    outputs = {"arm_stats": arm_stats,
+               "router_state": so_far[experiments.ROUTER_STATE],
+               "arm_stats_so_far": so_far.arm_stats,
+               "dead_letter": dead_letters, "data_quality": counts}
+    if plan:
+      if any(d.cap_percentile is not None for d in plan.definitions):
+        raise ValueError("cap_percentile is for batch runs: a stream has no "
+                         "control percentile before it aggregates; use cap")
+      config = dataclasses.replace(plan.config, decide_on="sequential")
+      outputs.update(
+          attributed[streaming_attribution.REQUESTS]
+          | "MetricsSoFar" >> metric_tables.StreamedMetricRows(
+              plan.definitions, config, SoFar(self._windows.early_firing_s),
+              plan.dimensions, plan.max_segment_values))
+    return outputs
 
 
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
@@ -223,8 +251,11 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   if output.output_dir:
     raise ValueError("--output_dir is for batch runs: a streaming run writes "
                      "BigQuery (--output_dataset)")
-  sinks.prepare_emulator_tables(output, schemas.TABLES.values(),
-                                replace_partition=False)
+  plan = reward_batch.metric_plan(pipeline_options)
+  tables = list(schemas.TABLES.values())
+  if plan:
+    tables += schemas.METRIC_TABLES.values()
+  sinks.prepare_emulator_tables(output, tables, replace_partition=False)
   payloads = {
       name: pipeline | f"Read_{name}" >> beam.io.ReadFromPubSub(
           subscription=subscription,
@@ -234,9 +265,9 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   outputs = payloads | "RewardStreaming" >> RewardStreaming(
       subscriptions, reward_batch.attribution_config(pipeline_options, True),
       reward_batch.statistics_config(pipeline_options),
-      window_config(pipeline_options))
-  _ = ({name: outputs[name] for name in schemas.TABLES}
-       | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
+      window_config(pipeline_options), plan)
+  _ = ({table.name: outputs[table.name] for table in tables}
+       | "WriteOutputs" >> sinks.WriteTables(tables, output))
 
 
 def start(pipeline_options: PipelineOptions):

@@ -549,11 +549,12 @@ def _quality_html(run: ExperimentRun) -> str:
           _table(("gate", "subject", "verdict", "detail"), gate_rows))
 
 
-def _experiment_html(anchor: str, run: ExperimentRun) -> str:
+def _experiment_html(anchor: str, run: ExperimentRun,
+                     metrics_html: str = "") -> str:
   return "".join([
       f'<section id="{anchor}"><h2>{html.escape(run.experiment_id)}</h2>',
       _meta_html(run),
-      "<h3>Data quality</h3>", _quality_html(run),
+      "<h3>Data quality</h3>", _quality_html(run), metrics_html,
       "<h3>Sample ratio</h3>", _srm_html(run.arms, expected_allocation(run)),
       "<h3>Charts</h3>", _charts_html(run),
       "<h3>Numbers</h3>", _numbers_html(run.arms),
@@ -586,7 +587,9 @@ def _summary_html(anchors: Sequence[str],
 def render_report(arm_stats_rows: Iterable[Mapping],
                   router_state_rows: Iterable[Mapping] = (),
                   source: str | None = None,
-                  run_summary_rows: Iterable[Mapping] = ()) -> str:
+                  run_summary_rows: Iterable[Mapping] = (),
+                  experiment_sections: Mapping[str, str] | None = None,
+                  extra_css: str = "") -> str:
   """The HTML page of every experiment in the rows (its latest run).
 
   Args:
@@ -595,16 +598,20 @@ def render_report(arm_stats_rows: Iterable[Mapping],
     source: where the rows come from, named on the page.
     run_summary_rows: rows of the run_summary table: each run's data
       quality, gates, and the expected allocation its SRM test used.
+    experiment_sections: experiment id -> HTML placed after its data quality
+      (the metrics section of reporting/metric_report.py); extra_css: the
+      style those sections need.
   """
   runs = latest_runs(arm_stats_rows, router_state_rows, run_summary_rows)
   anchors = [f"experiment-{i}" for i in range(len(runs))]
   with matplotlib.rc_context(_CHART_STYLE):
-    sections = [_experiment_html(anchor, run)
+    sections = [_experiment_html(
+        anchor, run, (experiment_sections or {}).get(run.experiment_id, ""))
                 for anchor, run in zip(anchors, runs)]
   source_html = f" from {html.escape(source)}" if source else ""
   return "".join([
       '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-      "<title>Experiment report</title>", f"<style>{_CSS}</style></head><body>",
+      "<title>Experiment report</title>", f"<style>{_CSS}{extra_css}</style></head><body>",
       f"<h1>Experiment report</h1><p class=\"note\">{len(runs)} "
       f"experiment(s){source_html}. Each experiment shows its latest run only "
       "(the run of its latest computed_at); earlier runs in the input are "

@@ -15,11 +15,21 @@ import json
 import numpy as np
 
 
+COUNTRIES = ("US", "DE", "FR", "JP", "BR", "IN")
+COUNTRY_WEIGHTS = (0.35, 0.2, 0.15, 0.12, 0.1, 0.08)
+PLATFORMS = ("ios", "android", "web")
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
   name: str
   reward_rate: float
   weight: float = 1.0
+  # Serving metrics, logged when the scenario has `serving_metrics`:
+  latency_ms: float = 80.0  # mean serving latency (gamma, shape 4)
+  error_rate: float = 0.01  # share of requests with an error status
+  purchase_rate: float = 0.2  # share of rewarded requests with a purchase
+  revenue_mean: float = 30.0  # mean purchase amount (log-normal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,10 @@ class Scenario:
   seldon_feedback: float = 0.0  # share of feedback in Seldon CloudEvent form
   late_delay_s: float = 3 * 86_400.0
   seed: int = 7
+  # Log latency_ms, status, attributes (country, platform) and purchase
+  # feedback ("metric": "purchase", reward = amount) too.
+  serving_metrics: bool = False
+  countries: int = len(COUNTRIES)  # how many of COUNTRIES requests come from
 
 
 def _rfc3339(epoch: float) -> str:
@@ -81,6 +95,30 @@ def _seldon_event(request_id: str, router: str, branch: int, reward: float,
           "data": data}
 
 
+def _serving_fields(scenario: Scenario, arm_index: np.ndarray):
+  """Per request: latency_ms, status, attributes (from their own generator,
+  so that the other columns stay as without serving metrics)."""
+  rng = np.random.default_rng(scenario.seed + 1)
+  n = len(arm_index)
+  latency_mean = np.array([a.latency_ms for a in scenario.arms])[arm_index]
+  latency = rng.gamma(4.0, latency_mean / 4.0)
+  errors = rng.random(n) < np.array(
+      [a.error_rate for a in scenario.arms])[arm_index]
+  status = np.where(errors, np.where(rng.random(n) < 0.5, 500, 503), 200)
+  weights = np.array(COUNTRY_WEIGHTS[:scenario.countries])
+  country = rng.choice(scenario.countries, size=n, p=weights / weights.sum())
+  platform = rng.integers(len(PLATFORMS), size=n)
+  purchase = rng.random(n) < np.array(
+      [a.purchase_rate for a in scenario.arms])[arm_index]
+  revenue_mean = np.array([a.revenue_mean for a in scenario.arms])[arm_index]
+  amount = rng.lognormal(np.log(revenue_mean) - 0.5 * 0.6**2, 0.6)
+  return [{"latency_ms": round(float(latency[i]), 2),
+           "status": int(status[i]),
+           "attributes": {"country": COUNTRIES[country[i]],
+                          "platform": PLATFORMS[platform[i]]}}
+          for i in range(n)], purchase, amount
+
+
 def generate(scenario: Scenario):
   """(prediction lines, feedback lines, truth) as JSON strings and a summary."""
   rng = np.random.default_rng(scenario.seed)
@@ -97,6 +135,9 @@ def generate(scenario: Scenario):
   delay[late] = scenario.late_delay_s
   ids = [f"{scenario.experiment_id}-{i:08d}" for i in range(n)]
 
+  serving = purchase = amount = None
+  if scenario.serving_metrics:
+    serving, purchase, amount = _serving_fields(scenario, arm_index)
   predictions, feedback = [], []
   for i in range(n):
     arm = scenario.arms[arm_index[i]]
@@ -105,7 +146,8 @@ def generate(scenario: Scenario):
               "policy": scenario.policy,
               "propensity": round(float(weights[arm_index[i]]), 6),
               "user_id": f"user-{i % 997}",
-              "prediction": round(float(rates[arm_index[i]]), 4)}
+              "prediction": round(float(rates[arm_index[i]]), 4),
+              **(serving[i] if serving else {})}
     predictions.append(json.dumps(record))
     if scenario.shadow_arm:
       predictions.append(json.dumps(
@@ -127,6 +169,10 @@ def generate(scenario: Scenario):
       line = json.dumps({"request_id": ids[i], "timestamp": _rfc3339(fb_ts),
                          "reward": reward})
     feedback.append(line)
+    if serving and rewarded[i] and purchase[i]:
+      feedback.append(json.dumps({
+          "request_id": ids[i], "timestamp": _rfc3339(fb_ts + 60.0),
+          "reward": round(float(amount[i]), 2), "metric": "purchase"}))
   dup_fb = rng.random(len(feedback)) < scenario.duplicate_feedback
   feedback.extend(line for line, dup in zip(list(feedback), dup_fb) if dup)
   n_orphans = int(round(scenario.orphan_feedback * len(with_feedback)))

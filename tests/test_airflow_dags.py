@@ -118,7 +118,8 @@ def test_daily_rewards_dag_launches_then_checks_then_publishes(dags):
   assert daily["deadlines"] == 1
   tasks = daily["tasks"]
   assert tasks["aggregate_rewards"]["downstream"] == ["check_router_state"]
-  assert tasks["check_router_state"]["downstream"] == ["publish_router_state"]
+  assert tasks["check_router_state"]["downstream"] == ["check_decisions"]
+  assert tasks["check_decisions"]["downstream"] == ["publish_router_state"]
   aggregate = tasks["aggregate_rewards"]
   assert aggregate["wait_until_finished"] is True
   parameters = aggregate["body"]["launchParameter"]["parameters"]
@@ -220,3 +221,26 @@ def test_local_dag_fails_its_check_on_a_run_that_broke_a_gate(airflow_db,
   assert [(g["gate"], g["subject"]) for g in summary["gates"]
           if not g["passed"]] == [("control_arm", "homepage-ranker")]
   assert read_rows(out, "arm_stats")  # Nothing is lost.
+
+
+def test_rollback_and_invalid_decisions_alert_and_invalid_holds_back():
+  sys.path.insert(0, str(DAGS))
+  try:
+    import online_eval_alerts  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(str(DAGS))
+  ship = {"experiment_id": "e", "arm": "b", "dimension": "all",
+          "segment": "all", "verdict": "ship", "reasons": ["clicks: better"]}
+  rollback = {**ship, "arm": "c", "verdict": "rollback",
+              "reasons": ["latency_ms p95 +18.0%: worse", "clicks: better"]}
+  invalid = {**ship, "dimension": "country", "segment": "DE",
+             "verdict": "invalid", "reasons": ["sample ratio mismatch"]}
+  assert online_eval_alerts.decision_alerts([ship]) == ([], False)
+  lines, hold_back = online_eval_alerts.decision_alerts([ship, rollback])
+  assert not hold_back
+  assert lines == ["ONLINE_EVAL_ALERT rollback: experiment e, arm c: "
+                   "latency_ms p95 +18.0%: worse; clicks: better"]
+  lines, hold_back = online_eval_alerts.decision_alerts([invalid, rollback])
+  assert hold_back and len(lines) == 2
+  assert "arm b [country=DE]: sample ratio mismatch" in lines[0]
+  assert online_eval_alerts.report_decisions([invalid]) is False

@@ -219,3 +219,17 @@ def test_join_requests_in_a_pipeline_carries_extras(tmp_path):
     assert_that(rows, equal_to([
         (f"r{i}", [float(i)], f"u{i}", float(i) if i % 2 == 0 else None)
         for i in range(6)]))
+
+
+@pytest.mark.parametrize("statuses,fast", [
+    ((200, 503, None, 500), True), ((200, 99), False), ((200, 503.0), False)])
+def test_http_status_codes_stay_on_the_vectorized_path(statuses, fast):
+  records = [_prediction(i, status=s) for i, s in enumerate(statuses)]
+  block = "\n".join(json.dumps(r) for r in records).encode() + b"\n"
+  vectorized = batches.parse_json_block(block, contract.PREDICTION, "f",
+                                        ("status",))
+  per_record = batches._slow(batches.split_lines(block), contract.PREDICTION,
+                             "f", ("status",))
+  assert vectorized.table.to_pylist() == per_record.table.to_pylist()
+  assert vectorized.rejected == per_record.rejected
+  assert bool(vectorized.fast) == fast

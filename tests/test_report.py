@@ -334,3 +334,26 @@ def test_run_on_a_bigquery_dataset(bq_emulator, tmp_path):
   assert section.count("<img ") == 4
   assert "best arm (router) candidate" in section
   assert "computed at 2026-11-21 02:00:00 UTC" in section
+
+
+def test_metrics_section_shows_verdicts_roles_forest_and_segments(tmp_path):
+  from pipelines import demo
+  from pipelines import reward_batch
+  demo.write_sample_logs(str(tmp_path / "logs"), demo.METRICS_SCENARIO)
+  (tmp_path / "metrics.yaml").write_text(demo.METRICS_FILE)
+  reward_batch.run([
+      f"--predictions={tmp_path / 'logs' / 'predictions.jsonl'}",
+      f"--feedback={tmp_path / 'logs' / 'feedback.jsonl'}",
+      f"--output_dir={tmp_path / 'out'}", f"--metrics={tmp_path / 'metrics.yaml'}",
+      "--dimensions=platform", "--control_arm=control",
+      "--partition_date=2026-11-21"])
+  out = tmp_path / "report.html"
+  report.run(["--input", str(tmp_path / "out"), "--out", str(out)])
+  text = out.read_text()
+  assert '<div class="verdict rollback"><strong>big-model: rollback' in text
+  assert "latency_ms p95 +" in text and "guardrail margin +5.0%: worse" in text
+  assert "<h3>Metrics by role</h3>" in text
+  assert text.count('alt="Metric lifts, checkout-ranker"') == 1
+  assert "<h3>Segments</h3>" in text
+  for platform in ("ios", "android", "web"):
+    assert f"<td>{platform}</td>" in text

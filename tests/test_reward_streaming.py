@@ -105,9 +105,11 @@ def test_reduce_rewards_in_event_time_order(how, expected):
 
 def test_request_contribution_with_and_without_reward():
   assert rewards.request_contribution(5.0, 0.5, "zero") == (
-      rewards.ArmAccumulator(1, 1, 1, 0.5, 0.25, 1, 5.0, 5.0))
+      rewards.ArmAccumulator(1, 1, 1, 0.5, 0.25, 1, 5.0, 5.0, 0.5, 0.0, 0.5,
+                             0.5))
   assert rewards.request_contribution(5.0, None, "zero") == (
-      rewards.ArmAccumulator(1, 0, 1, 0.0, 0.0, 0, 5.0, 5.0))
+      rewards.ArmAccumulator(1, 0, 1, 0.0, 0.0, 0, 5.0, 5.0, 0.0, 0.0, 0.0,
+                             0.0))
   assert rewards.request_contribution(5.0, None, "ignore").samples == 0
 
 

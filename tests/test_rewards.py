@@ -1,6 +1,7 @@
 """Attribution semantics on hand-made shards, checked against hand-computed totals."""
 
 import pyarrow as pa
+import numpy as np
 import pytest
 
 from transforms.logs import batches
@@ -113,20 +114,28 @@ def test_feedback_only_mode_counts_feedback_as_impressions():
       batches.PREDICTION_SCHEMA.empty_table(), fb,
       rewards.AttributionConfig(with_predictions=False))
   assert totals(result)[("router", "0")] == rewards.ArmAccumulator(
-      1, 1, 1, 1.0, 1.0, 0, 1.0, 1.0)
+      1, 1, 1, 1.0, 1.0, 0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0)
   assert totals(result)[("router", "1")].impressions == 1
   assert [o[2] for o in result.orphans] == [
       contract.Rejected(contract.MISSING_FIELD, "experiment_id")]
 
 
 def test_accumulators_merge_associatively():
-  a = rewards.ArmAccumulator(1, 1, 1, 1.0, 1.0, 0, 5.0, 5.0)
-  b = rewards.ArmAccumulator(2, 0, 2, 0.0, 0.0, 1, 1.0, 9.0)
-  c = rewards.ArmAccumulator(3, 3, 3, 2.5, 4.0, 0, 3.0, 4.0)
-  assert a.merge(b).merge(c) == a.merge(b.merge(c)) == rewards.merge_all(
-      [c, b, a])
-  assert rewards.merge_all([a, b, c]) == rewards.ArmAccumulator(
-      6, 4, 6, 3.5, 5.0, 1, 1.0, 9.0)
+  # Rewards: a = [1], b = [0, 0], c = [0.5, 1, 1].
+  a = rewards.ArmAccumulator(1, 1, 1, 1.0, 1.0, 0, 5.0, 5.0, 1.0, 0.0, 1.0,
+                             1.0)
+  b = rewards.ArmAccumulator(2, 0, 2, 0.0, 0.0, 1, 1.0, 9.0, 0.0, 0.0, 0.0,
+                             0.0)
+  c = rewards.ArmAccumulator(3, 3, 3, 2.5, 2.25, 0, 3.0, 4.0, 2.5 / 3,
+                             float(np.var([0.5, 1, 1]) * 3), 0.5, 1.0)
+  left, right = a.merge(b).merge(c), a.merge(b.merge(c))
+  assert left[:8] == right[:8] == rewards.merge_all([c, b, a])[:8]
+  assert left[:8] == (6, 4, 6, 3.5, 3.25, 1, 1.0, 9.0)
+  everything = [1, 0, 0, 0.5, 1, 1]
+  for merged in (left, right, rewards.merge_all([c, b, a])):
+    assert merged.reward_mean == pytest.approx(np.mean(everything))
+    assert merged.reward_m2 == pytest.approx(np.var(everything) * 6)
+    assert (merged.reward_min, merged.reward_max) == (0.0, 1.0)
 
 
 def test_invalid_config_is_refused():

@@ -326,6 +326,36 @@ class OneLineParser(argparse.ArgumentParser):
     return parsed
 
 
+METRIC_OPTIONS = (
+    Option("metrics",
+           "Metric definitions (YAML or JSON): a file path (local or gs://) "
+           "or inline JSON. Adds the metric_stats and decisions tables; "
+           "without it only the reward is measured.", "Metric definitions"),
+    Option("dimensions",
+           "Prediction attributes to break every metric down by, "
+           "comma-separated (e.g. country,platform).", "Segment dimensions",
+           regexes=(r"^[^,]+(,[^,]+)*$",)),
+    Option("max_segment_values",
+           "Values kept per dimension and experiment (most requests first); "
+           "the rest are reported as `other`.", "Values per dimension",
+           type=int, default=20, regexes=(r"^[0-9]+$",)),
+    Option("correction",
+           "Multiple-testing correction across goal metrics x candidate "
+           "arms: holm, bh (Benjamini-Hochberg) or none.",
+           "Multiple-testing correction", default="holm",
+           choices=("holm", "bh", "none")),
+    Option("decide_on",
+           "Verdicts from the fixed-horizon statistics (fixed) or the "
+           "anytime-valid ones (sequential: safe to look every day).",
+           "Decision statistics", default="sequential",
+           choices=("fixed", "sequential")),
+    Option("min_samples",
+           "Values each arm needs on every goal metric before a ship verdict.",
+           "Minimum samples per arm", type=int, default=100,
+           regexes=(r"^[0-9]+$",)),
+)
+
+
 def parse_pipeline_options(argv, option_classes, description: str,
                            **overrides) -> PipelineOptions:
   """The PipelineOptions of a command line. `--help` lists the pipeline's own

@@ -2,7 +2,9 @@
 
   online_eval_rewards_daily      03:00 UTC: the previous day's partition
       aggregate_rewards (reward_batch) >> check_router_state (run_summary
-      gates, router state) >> publish_router_state (router_state_current, what routers read)
+      gates, router state)
+      >> check_decisions (alert on rollback/invalid; invalid stops here)
+      >> publish_router_state (router_state_current, what routers read)
   online_eval_inference_nightly  01:00 UTC: batch_inference on the previous
       day's features
   online_eval_streaming_deploy   manual: launch reward_streaming, or update
@@ -16,6 +18,9 @@ renamed option fails parsing here, not the scheduled run.
 
 from __future__ import annotations
 
+import datetime
+
+from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 from airflow.providers.google.cloud.operators.bigquery import BigQueryCheckOperator
 from airflow.providers.google.cloud.operators.bigquery import BigQueryInsertJobOperator
@@ -36,6 +41,11 @@ PARTITION = "{{ macros.ds_add(ds, -1) }}"  # The run at 03:00 owns yesterday.
 STREAMING_JOB = "reward-streaming"
 
 
+def optional_setting(key: str) -> str:
+  """Like `setting`, but an absent key renders as empty (option not given)."""
+  return "{{ var.json.%s.get('%s', '') }}" % (SETTINGS, key)
+
+
 def table(dataset_key: str, name: str) -> str:
   return f"`{setting('project')}.{setting(dataset_key)}.{name}`"
 
@@ -54,6 +64,8 @@ with DAG(dag_id="online_eval_rewards_daily",
           predictions=f"{logs}/predictions/dt={PARTITION}/*",
           feedback=f"{logs}/feedback/dt={PARTITION}/*",
           output_dataset=f"{setting('project')}:{setting('dataset')}",
+          metrics=optional_setting("metrics"),
+          dimensions=optional_setting("dimensions"),
           partition_date=PARTITION, run_id="{{ run_id }}"),
       wait_until_finished=True)
 
@@ -89,7 +101,23 @@ with DAG(dag_id="online_eval_rewards_daily",
         WHERE partition_date = (SELECT MAX(partition_date)
                                 FROM {table('dataset', 'router_state')})"""}})
 
-  aggregate_rewards >> check_router_state >> publish_router_state
+  @task.short_circuit(ignore_downstream_trigger_rules=False)
+  def check_decisions(partition: str) -> bool:
+    """Alert on every rollback or invalid verdict of the day (overall and per
+    segment); an invalid one holds back publishing the router state."""
+    settings = Variable.get(SETTINGS, deserialize_json=True)
+    if not settings.get("metrics"):
+      return True  # No --metrics: no decisions table.
+    client = BigQueryHook(use_legacy_sql=False).get_client(
+        project_id=settings["project"])
+    rows = client.query(
+        f"SELECT experiment_id, dimension, segment, arm, verdict, reasons "
+        f"FROM `{settings['project']}.{settings['dataset']}.decisions` "
+        f"WHERE partition_date = '{partition}'").result()
+    return online_eval_alerts.report_decisions([dict(row) for row in rows])
+
+  (aggregate_rewards >> check_router_state >> check_decisions(PARTITION)
+   >> publish_router_state)
 
 
 with DAG(dag_id="online_eval_inference_nightly",

@@ -50,9 +50,11 @@ class _ShardByRequest(beam.DoFn):
 class _JoinShard(beam.DoFn):
   """All records of one shard -> joined requests, orphan dead letters, counts."""
 
-  def __init__(self, config: rewards.AttributionConfig, extras: tuple):
+  def __init__(self, config: rewards.AttributionConfig, extras: tuple,
+               signals: tuple = ()):
     self._config = config
     self._extras = extras
+    self._signals = signals
 
   def process(self, element):
     _, parts = element
@@ -62,8 +64,9 @@ class _JoinShard(beam.DoFn):
     result = rewards.join_requests(
         _concat(tables[contract.PREDICTION], contract.PREDICTION,
                 self._extras),
-        _concat(tables[contract.FEEDBACK], contract.FEEDBACK, ()),
-        self._config)
+        _concat(tables[contract.FEEDBACK], contract.FEEDBACK,
+                ("metric",) if self._signals else ()),
+        self._config, self._signals)
     if result.requests.num_rows:
       yield result.requests
     for key, count in result.counts.items():
@@ -88,15 +91,19 @@ class JoinRequests(beam.PTransform):
   One row per request: the served prediction's columns (with the `extras`
   the prediction tables carry) and `reward` (null: no counted feedback).
   Without "predictions", feedback carries its own experiment and arm.
+  With `signals` ((signal, reduce), ...; feedback tables with the `metric`
+  extra) each request also gets one column per pair (see
+  rewards.join_requests).
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
   def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
-               extras=()):
+               extras=(), signals=()):
     super().__init__()
     self._config = config
     self._num_shards = num_shards
     self._extras = tuple(extras)
+    self._signals = tuple(signals)
 
   def expand(self, tables):
     predictions, feedback = tables.get("predictions"), tables["feedback"]
@@ -111,7 +118,7 @@ class JoinRequests(beam.PTransform):
               | "FlattenShards" >> beam.Flatten()
               | "GroupShards" >> beam.GroupByKey()
               | "Join" >> beam.ParDo(_JoinShard(
-                  self._config, self._extras)).with_outputs(
+                  self._config, self._extras, self._signals)).with_outputs(
                       quality.DEAD_LETTER, quality.COUNTS, main="requests"))
     return {"requests": joined.requests,
             quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
@@ -138,21 +145,26 @@ class AttributeRewards(beam.PTransform):
   """{"predictions", "feedback"} Arrow tables -> ((experiment_id, arm), ArmAccumulator).
 
   Without "predictions", feedback carries its own experiment and arm.
+  Also returns the joined "requests" (with `extras` and `signals`, see
+  JoinRequests) for per-request metrics.
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
-  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32):
+  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
+               extras=(), signals=()):
     super().__init__()
     self._config = config
     self._num_shards = num_shards
+    self._extras = tuple(extras)
+    self._signals = tuple(signals)
 
   def expand(self, tables):
-    joined = tables | "JoinRequests" >> JoinRequests(self._config,
-                                                     self._num_shards)
+    joined = tables | "JoinRequests" >> JoinRequests(
+        self._config, self._num_shards, self._extras, self._signals)
     totals = (joined["requests"]
               | "PerArm" >> beam.FlatMap(rewards.per_arm,
                                          self._config.missing_reward)
               | "CombinePerArm" >> beam.CombinePerKey(ArmCombineFn()))
-    return {"arm_totals": totals,
+    return {"arm_totals": totals, "requests": joined["requests"],
             quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
             quality.COUNTS: joined[quality.COUNTS]}

@@ -46,7 +46,13 @@ class AttributionConfig:
 
 
 class ArmAccumulator(NamedTuple):
-  """Mergeable per-arm totals."""
+  """Mergeable per-arm totals.
+
+  Besides the sums (kept for the output tables), the rewards' mean and centred
+  sum of squares (`reward_m2`), merged by Chan's formula, and their min and
+  max: the variance does not cancel for a large mean and a small spread, and
+  is zero only when every reward was equal.
+  """
   impressions: int = 0
   feedback_count: int = 0
   samples: int = 0
@@ -55,17 +61,32 @@ class ArmAccumulator(NamedTuple):
   non_binary: int = 0
   ts_min: float = float("inf")
   ts_max: float = float("-inf")
+  reward_mean: float = 0.0
+  reward_m2: float = 0.0
+  reward_min: float = float("inf")
+  reward_max: float = float("-inf")
 
   def merge(self, other: "ArmAccumulator") -> "ArmAccumulator":
+    samples = self.samples + other.samples
+    delta = other.reward_mean - self.reward_mean
+    if samples:
+      mean = self.reward_mean + delta * other.samples / samples
+      m2 = (self.reward_m2 + other.reward_m2
+            + delta * delta * self.samples * other.samples / samples)
+    else:
+      mean, m2 = 0.0, 0.0
     return ArmAccumulator(
         self.impressions + other.impressions,
         self.feedback_count + other.feedback_count,
-        self.samples + other.samples,
+        samples,
         self.reward_sum + other.reward_sum,
         self.reward_sq_sum + other.reward_sq_sum,
         self.non_binary + other.non_binary,
         min(self.ts_min, other.ts_min),
-        max(self.ts_max, other.ts_max))
+        max(self.ts_max, other.ts_max),
+        mean, m2,
+        min(self.reward_min, other.reward_min),
+        max(self.reward_max, other.reward_max))
 
 
 def merge_all(accumulators) -> ArmAccumulator:
@@ -134,6 +155,20 @@ def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
   np.minimum.at(ts_min, group, ts)
   np.maximum.at(ts_max, group, ts)
   samples = impressions if missing_reward == "zero" else feedback
+  # Moments of the rewards each arm counts (unrewarded rows as 0 with "zero").
+  counted = np.ones(len(ts), bool) if missing_reward == "zero" else rewarded
+  with np.errstate(invalid="ignore", divide="ignore"):
+    means = np.where(samples > 0, sums / samples, 0.0)
+    # Second pass: what rounding of the sums left off the mean.
+    deviation = np.where(counted, rewards - means[group], 0.0)
+    means += np.where(samples > 0, np.bincount(
+        group, weights=deviation, minlength=n_groups) / samples, 0.0)
+  deviation = np.where(counted, rewards - means[group], 0.0)
+  m2 = np.bincount(group, weights=deviation * deviation, minlength=n_groups)
+  low = np.full(n_groups, np.inf)
+  high = np.full(n_groups, -np.inf)
+  np.minimum.at(low, group[counted], rewards[counted])
+  np.maximum.at(high, group[counted], rewards[counted])
   partials = []
   experiment_names = experiments.dictionary.to_pylist()
   arm_names = arm_codes.dictionary.to_pylist()
@@ -142,7 +177,8 @@ def _per_arm(experiment_ids, arms, rewarded: np.ndarray, rewards: np.ndarray,
     partials.append((name, ArmAccumulator(
         int(impressions[i]), int(feedback[i]), int(samples[i]),
         float(sums[i]), float(squares[i]), int(odd[i]),
-        float(ts_min[i]), float(ts_max[i]))))
+        float(ts_min[i]), float(ts_max[i]), float(means[i]), float(m2[i]),
+        float(low[i]), float(high[i]))))
   return partials
 
 
@@ -166,8 +202,17 @@ class Joined(NamedTuple):
 
 
 def join_requests(predictions: pa.Table, feedback: pa.Table,
-                  config: AttributionConfig) -> Joined:
-  """Join feedback to predictions by request_id: one row per request."""
+                  config: AttributionConfig, signals=()) -> Joined:
+  """Join feedback to predictions by request_id: one row per request.
+
+  With `signals`, ((signal, reduce), ...) and a feedback `metric` column
+  (null: "reward"), feedback is deduplicated per (request, signal): `reward`
+  is the "reward" signal's, and each pair gets a column
+  `signal_column(signal, reduce)` with that signal's feedback reduced by
+  `reduce` (null: none counted). Needs predictions.
+  """
+  if signals and not config.with_predictions:
+    raise ValueError("feedback signals need the prediction logs")
   counts = collections.Counter()
   predictions = predictions.take(
       np.argsort(_numpy(predictions["ts"]), kind="stable"))
@@ -214,10 +259,23 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
                     feedback["source_file"][int(i)].as_py(), why))
 
   rows = np.flatnonzero(eligible)
+  signal_of_row = _signal_codes(feedback) if signals else None
+  group_keys = f_codes if not signals else f_codes * (
+      int(signal_of_row.max(initial=0)) + 1) + signal_of_row
   group_codes, group_rewards, group_rows = _reduce_groups(
-      f_codes[rows], f_ts[rows], f_reward[rows], config.reward_reduce)
+      group_keys[rows], f_ts[rows], f_reward[rows], config.reward_reduce)
   counts[(contract.FEEDBACK, COUNTED)] += len(group_codes)
   counts[(contract.FEEDBACK, DUPLICATE)] += len(rows) - len(group_codes)
+  signal_rows = {}
+  if signals:
+    names = _signal_names(feedback)
+    for signal in {s for s, _ in signals} | {DEFAULT_SIGNAL}:
+      code = names.index(signal) if signal in names else -1
+      signal_rows[signal] = rows[signal_of_row[rows] == code]
+    group_codes, group_rewards, _ = _reduce_groups(
+        f_codes[signal_rows[DEFAULT_SIGNAL]],
+        f_ts[signal_rows[DEFAULT_SIGNAL]],
+        f_reward[signal_rows[DEFAULT_SIGNAL]], config.reward_reduce)
 
   if config.with_predictions:
     reward_of_code = np.full(n_keys, np.nan)
@@ -232,7 +290,37 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
     rewards = group_rewards
   requests = requests.append_column(
       "reward", pa.array(rewards, pa.float64(), mask=np.isnan(rewards)))
+  for signal, how in signals:
+    chosen = signal_rows[signal]
+    codes, values, _ = _reduce_groups(f_codes[chosen], f_ts[chosen],
+                                      f_reward[chosen], how)
+    value_of_code = np.full(n_keys, np.nan)
+    value_of_code[codes] = values
+    column = value_of_code[p_codes[served]]
+    requests = requests.append_column(
+        signal_column(signal, how),
+        pa.array(column, pa.float64(), mask=np.isnan(column)))
   return Joined(requests, dict(counts), orphans)
+
+
+DEFAULT_SIGNAL = "reward"
+
+
+def signal_column(signal: str, reduce: str) -> str:
+  """Column of joined requests with a feedback signal reduced per request."""
+  return f"feedback:{signal}:{reduce}"
+
+
+def _signal_names(feedback: pa.Table) -> list:
+  metric = pc.fill_null(_array(feedback["metric"]), DEFAULT_SIGNAL)
+  return pc.unique(metric).sort().to_pylist()
+
+
+def _signal_codes(feedback: pa.Table) -> np.ndarray:
+  """Per feedback row, the index of its signal in `_signal_names`."""
+  metric = pc.fill_null(_array(feedback["metric"]), DEFAULT_SIGNAL)
+  return _numpy(pc.index_in(metric, value_set=pc.unique(metric).sort())
+                ).astype(np.int64)
 
 
 def per_arm(requests: pa.Table, missing_reward: str) -> list:
@@ -272,11 +360,13 @@ def request_contribution(prediction_ts: float, reward: float | None,
   """What a served request adds to its arm; `reward` None: no counted feedback."""
   if reward is None:
     samples = 1 if missing_reward == "zero" else 0
-    return ArmAccumulator(1, 0, samples, 0.0, 0.0, 0, prediction_ts,
-                          prediction_ts)
+    if samples:
+      return ArmAccumulator(1, 0, 1, 0.0, 0.0, 0, prediction_ts,
+                            prediction_ts, 0.0, 0.0, 0.0, 0.0)
+    return ArmAccumulator(1, 0, 0, 0.0, 0.0, 0, prediction_ts, prediction_ts)
   return ArmAccumulator(1, 1, 1, reward, reward * reward,
                         int(reward not in (0.0, 1.0)), prediction_ts,
-                        prediction_ts)
+                        prediction_ts, reward, 0.0, reward, reward)
 
 
 class RequestOutcome(NamedTuple):
@@ -308,3 +398,37 @@ def attribute_request(prediction_ts: float, shadow: bool, feedback,
   return RequestOutcome(
       request_contribution(prediction_ts, reward, config.missing_reward),
       dict(+counts))
+
+
+def attribute_request_signals(prediction_ts: float, shadow: bool, feedback,
+                              config: AttributionConfig, signals=()):
+  """`attribute_request` with feedback [(ts, reward, signal)] deduplicated
+  per (request, signal), as `join_requests` with signals does.
+
+  Returns (RequestOutcome of the "reward" signal, {(signal, reduce): value}
+  of the `signals` with counted feedback).
+  """
+  counts = collections.Counter()
+  if shadow:
+    counts[(contract.PREDICTION, SHADOW)] += 1
+    counts[(contract.FEEDBACK, SHADOW)] += len(feedback)
+    return RequestOutcome(None, dict(+counts)), {}
+  counts[(contract.PREDICTION, COUNTED)] += 1
+  in_window = sorted(
+      (f for f in feedback
+       if f[0] - prediction_ts <= config.attribution_window_s),
+      key=lambda f: f[0])
+  counts[(contract.FEEDBACK, LATE)] += len(feedback) - len(in_window)
+  by_signal = {}
+  for _, reward, signal in in_window:
+    by_signal.setdefault(signal, []).append(reward)
+  counts[(contract.FEEDBACK, COUNTED)] += len(by_signal)
+  counts[(contract.FEEDBACK, DUPLICATE)] += len(in_window) - len(by_signal)
+  reward = None
+  if DEFAULT_SIGNAL in by_signal:
+    reward = reduce_rewards(by_signal[DEFAULT_SIGNAL], config.reward_reduce)
+  values = {(signal, how): reduce_rewards(by_signal[signal], how)
+            for signal, how in signals if signal in by_signal}
+  return RequestOutcome(
+      request_contribution(prediction_ts, reward, config.missing_reward),
+      dict(+counts)), values

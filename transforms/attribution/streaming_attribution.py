@@ -38,6 +38,9 @@ from transforms.logs import quality
 from transforms.attribution import rewards
 
 METRICS_NAMESPACE = "streaming_attribution"
+# Tagged output of decided requests as joined-request rows (with signals or
+# extras): {experiment_id, arm, ts, <extras>, <signal columns>}.
+REQUESTS = "requests"
 REQUESTS_OPENED = "requests_opened"
 REQUESTS_CLEARED = "requests_cleared"
 
@@ -56,25 +59,32 @@ class _AttributeRequestFn(beam.DoFn):
                                        coders.StrUtf8Coder(),
                                        coders.StrUtf8Coder(),
                                        coders.BooleanCoder())))
-  # (ts, reward, raw) of each feedback record, until the request is decided.
+  # (ts, reward, raw, signal) of each feedback record, until the request is
+  # decided; signal is the feedback's `metric` ("reward" when absent).
   FEEDBACK = userstate.BagStateSpec(
       "feedback", coders.TupleCoder((coders.FloatCoder(), coders.FloatCoder(),
+                                     coders.StrUtf8Coder(),
                                      coders.StrUtf8Coder())))
+  # The kept prediction's optional fields, when asked for.
+  EXTRAS = userstate.ReadModifyWriteStateSpec("extras", coders.PickleCoder())
   DECIDED = userstate.ReadModifyWriteStateSpec("decided",
                                                coders.BooleanCoder())
   DEADLINE = userstate.TimerSpec("deadline", userstate.TimeDomain.WATERMARK)
 
   def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
-               feedback_source: str):
+               feedback_source: str, signals=(), extras=()):
     self._config = config
     self._lateness_s = lateness_s
     self._feedback_source = feedback_source
+    self._signals = tuple(signals)
+    self._extras = tuple(extras)
     self._opened = Metrics.counter(METRICS_NAMESPACE, REQUESTS_OPENED)
     self._cleared = Metrics.counter(METRICS_NAMESPACE, REQUESTS_CLEARED)
 
   def process(self, element, prediction=beam.DoFn.StateParam(PREDICTION),
               feedback=beam.DoFn.StateParam(FEEDBACK),
               decided=beam.DoFn.StateParam(DECIDED),
+              extras=beam.DoFn.StateParam(EXTRAS),
               deadline=beam.DoFn.TimerParam(DEADLINE)):
     _, (record_type, record) = element
     kept = prediction.read()
@@ -83,12 +93,13 @@ class _AttributeRequestFn(beam.DoFn):
       self._opened.inc()
     if record_type == contract.PREDICTION:
       yield from self._on_prediction(record, kept, prediction, decided,
-                                     deadline)
+                                     extras, deadline)
     else:
       yield from self._on_feedback(record, kept, pending, feedback, decided,
                                    deadline)
 
-  def _on_prediction(self, record, kept, prediction, decided, deadline):
+  def _on_prediction(self, record, kept, prediction, decided, extras,
+                     deadline):
     if kept is not None:
       yield _count(contract.PREDICTION, rewards.DUPLICATE)
       if decided.read() or kept[0] <= record["ts"]:
@@ -96,6 +107,8 @@ class _AttributeRequestFn(beam.DoFn):
     # The earliest prediction log of a request is the one kept, as in batch.
     prediction.write((record["ts"], record["experiment_id"], record["arm"],
                       record["shadow"]))
+    if self._extras:
+      extras.write({name: record.get(name) for name in self._extras})
     deadline.set(self._decision_time(record["ts"]))
 
   def _on_feedback(self, record, kept, pending, feedback, decided, deadline):
@@ -103,11 +116,12 @@ class _AttributeRequestFn(beam.DoFn):
       yield _count(contract.FEEDBACK,
                    rewards.SHADOW if kept[3] else rewards.LATE)
       return
-    feedback.add((record["ts"], record["reward"], record["raw"]))
+    feedback.add((record["ts"], record["reward"], record["raw"],
+                  record.get("metric") or rewards.DEFAULT_SIGNAL))
     if kept is None:
       # Its prediction may still come: stamped up to an attribution window
       # after the latest feedback, and up to the lateness behind the watermark.
-      latest = max([ts for ts, _, _ in pending] + [record["ts"]])
+      latest = max([f[0] for f in pending] + [record["ts"]])
       deadline.set(self._decision_time(latest))
 
   def _decision_time(self, ts: float) -> float:
@@ -117,6 +131,7 @@ class _AttributeRequestFn(beam.DoFn):
   def on_deadline(self, prediction=beam.DoFn.StateParam(PREDICTION),
                   feedback=beam.DoFn.StateParam(FEEDBACK),
                   decided=beam.DoFn.StateParam(DECIDED),
+                  extras=beam.DoFn.StateParam(EXTRAS),
                   deadline=beam.DoFn.TimerParam(DEADLINE)):
     kept = prediction.read()
     if kept is None:
@@ -124,8 +139,9 @@ class _AttributeRequestFn(beam.DoFn):
       feedback.clear()
       self._cleared.inc()
     elif not decided.read():
-      yield from self._decide(kept, feedback.read())
+      yield from self._decide(kept, feedback.read(), extras.read())
       feedback.clear()
+      extras.clear()
       decided.write(True)
       deadline.set(self._decision_time(kept[0]) + self._lateness_s)
     else:
@@ -133,20 +149,28 @@ class _AttributeRequestFn(beam.DoFn):
       decided.clear()
       self._cleared.inc()
 
-  def _decide(self, kept, pending):
+  def _decide(self, kept, pending, extras):
     ts, experiment_id, arm, shadow = kept
-    outcome = rewards.attribute_request(
-        ts, shadow, [(f_ts, reward) for f_ts, reward, _ in pending],
-        self._config)
+    outcome, values = rewards.attribute_request_signals(
+        ts, shadow, [(f_ts, reward, signal)
+                     for f_ts, reward, _, signal in pending],
+        self._config, self._signals)
     for (record_type, metric), count in outcome.counts.items():
       yield _count(record_type, metric, count)
     if outcome.contribution is not None:
       yield beam.window.TimestampedValue(
           ((experiment_id, arm), outcome.contribution), ts)
+      if self._signals or self._extras:
+        row = {"experiment_id": experiment_id, "arm": arm, "ts": ts,
+               **(extras or {})}
+        for signal, how in self._signals:
+          row[rewards.signal_column(signal, how)] = values.get((signal, how))
+        yield pvalue.TaggedOutput(REQUESTS,
+                                  beam.window.TimestampedValue(row, ts))
 
   def _orphans(self, pending):
     rejected = contract.Rejected(contract.ORPHAN_FEEDBACK, "request_id")
-    for _, _, raw in pending:
+    for _, _, raw, _ in pending:
       yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
           contract.FEEDBACK, self._feedback_source, raw, rejected))
       yield _count(contract.FEEDBACK,
@@ -159,15 +183,19 @@ class AttributeRequests(beam.PTransform):
 
   `lateness_s`: how late (behind the watermark) a record may arrive and still
   join its request. Tagged outputs: `quality.DEAD_LETTER` (orphan feedback,
-  source_file = `feedback_source`), `quality.COUNTS`.
+  source_file = `feedback_source`), `quality.COUNTS`, and with `signals`
+  ((signal, reduce), ...) or prediction `extras`, `REQUESTS`: one joined row
+  per served request (feedback deduplicated per signal, as in batch).
   """
 
   def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
-               feedback_source: str):
+               feedback_source: str, signals=(), extras=()):
     super().__init__()
     self._config = config
     self._lateness_s = lateness_s
     self._feedback_source = feedback_source
+    self._signals = tuple(signals)
+    self._extras = tuple(extras)
 
   def expand(self, records):
     keyed = [
@@ -180,7 +208,7 @@ class AttributeRequests(beam.PTransform):
     return (keyed
             | "FlattenRecords" >> beam.Flatten()
             | "AttributePerRequest" >> beam.ParDo(_AttributeRequestFn(
-                self._config, self._lateness_s,
-                self._feedback_source)).with_outputs(quality.DEAD_LETTER,
-                                                     quality.COUNTS,
-                                                     main="contributions"))
+                self._config, self._lateness_s, self._feedback_source,
+                self._signals, self._extras)).with_outputs(
+                    quality.DEAD_LETTER, quality.COUNTS, REQUESTS,
+                    main="contributions"))

@@ -34,6 +34,10 @@ class GateConfig:
   allow_partial: bool = False
   control_arm: str | None = None
   expected_allocation: dict[str, float] | None = None
+  # Whether the run decides on the `reward` feedback. A --metrics run whose
+  # metrics read other signals (clicks, purchases) counts no reward, and the
+  # feedback_counted gate does not apply to it.
+  reward_measured: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,8 @@ def experiment_gates(arm_stats_rows, config: GateConfig) -> list[Verdict]:
               else "every arm has a weight")))
     impressions = sum(row.get("impressions") or 0 for row in arms.values())
     feedback = sum(row.get("feedback_count") or 0 for row in arms.values())
+    if not config.reward_measured:
+      continue
     verdicts.append(Verdict(
         FEEDBACK_COUNTED, experiment_id, feedback > 0 or not impressions,
         f"{experiment_id}: {impressions:,} impressions, {feedback:,} counted "

@@ -24,11 +24,19 @@ class StatisticsConfig:
 
 
 def arm_totals(arm: str, accumulator: ArmAccumulator) -> stats.ArmTotals:
+  # Accumulators built from sums alone (no min/max) fall back to the sums.
+  has_moments = accumulator.reward_min <= accumulator.reward_max
   return stats.ArmTotals(arm=arm, impressions=accumulator.impressions,
                          samples=accumulator.samples,
                          reward_sum=accumulator.reward_sum,
                          reward_sq_sum=accumulator.reward_sq_sum,
-                         binary=accumulator.non_binary == 0)
+                         binary=accumulator.non_binary == 0,
+                         reward_m2=(accumulator.reward_m2 if has_moments
+                                    else None),
+                         reward_mean=(accumulator.reward_mean if has_moments
+                                      else None),
+                         reward_min=accumulator.reward_min,
+                         reward_max=accumulator.reward_max)
 
 
 def experiment_rows(experiment_id: str, accumulators: Mapping[str,

@@ -50,6 +50,12 @@ class ArmTotals:
   reward_sum: float
   reward_sq_sum: float
   binary: bool  # every counted reward of this arm was 0 or 1
+  # Centred sum of squares and range of the rewards (see rewards.ArmAccumulator);
+  # None: only the sums are known, the variance comes from them.
+  reward_m2: float | None = None
+  reward_mean: float | None = None
+  reward_min: float | None = None
+  reward_max: float | None = None
 
 
 def _normal_quantile(alpha: float) -> float:
@@ -85,6 +91,20 @@ def sample_variance(reward_sum, reward_sq_sum, n):
     centered_sq_sum = np.where(centered_sq_sum <= rounding, 0.0,
                                centered_sq_sum)
     variance = centered_sq_sum / (n - 1)
+  return np.where(n > 1, variance, np.nan)
+
+
+def moments_variance(m2, n, minimum, maximum):
+  """Unbiased variance from a centred sum of squares (no cancellation).
+
+  Exactly 0 only when every value was equal (minimum == maximum); NaN below
+  two samples.
+  """
+  m2, n = np.asarray(m2, float), np.asarray(n, float)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    variance = np.maximum(m2, 0.0) / (n - 1)
+  variance = np.where(np.asarray(minimum) == np.asarray(maximum), 0.0,
+                      variance)
   return np.where(n > 1, variance, np.nan)
 
 
@@ -206,6 +226,33 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
   return adjusted
 
 
+def benjamini_hochberg_adjust(p_values: Sequence[float]) -> list[float]:
+  """Benjamini-Hochberg (1995) step-up adjusted p-values, in the order given."""
+  m = len(p_values)
+  order = sorted(range(m), key=lambda i: p_values[i], reverse=True)
+  adjusted = [0.0] * m
+  running_min = 1.0
+  for position, i in enumerate(order):
+    rank = m - position
+    running_min = min(running_min, p_values[i] * m / rank)
+    adjusted[i] = running_min
+  return adjusted
+
+
+CORRECTIONS = ("holm", "bh", "none")
+
+
+def adjust_p_values(p_values: Sequence[float], method: str) -> list[float]:
+  """p-values adjusted for multiplicity: holm, bh (Benjamini-Hochberg), none."""
+  if method == "holm":
+    return holm_adjust(p_values)
+  if method == "bh":
+    return benjamini_hochberg_adjust(p_values)
+  if method == "none":
+    return list(p_values)
+  raise ValueError(f"correction must be one of {CORRECTIONS}: {method}")
+
+
 def srm_p_value(impressions: Mapping[str, int],
                 expected_allocation: Mapping[str, float] | None = None
                 ) -> float | None:
@@ -307,6 +354,11 @@ def _estimate(arm: ArmTotals, binary: bool) -> _Estimate:
   mean = arm.reward_sum / arm.samples
   if binary:
     return _Estimate(arm.samples, mean, mean * (1 - mean))
+  if arm.reward_m2 is not None:
+    if arm.reward_mean is not None:
+      mean = arm.reward_mean  # sum / n loses digits of a large mean
+    return _Estimate(arm.samples, mean, float(moments_variance(
+        arm.reward_m2, arm.samples, arm.reward_min, arm.reward_max)))
   return _Estimate(arm.samples, mean, float(sample_variance(
       arm.reward_sum, arm.reward_sq_sum, arm.samples)))
 

@@ -231,3 +231,71 @@ RUN_SUMMARY_FIELDS = (
 RUN_SUMMARY = Table("run_summary", RUN_SUMMARY_FIELDS,
                     "Per run: quality gates' verdicts, counts, experiments "
                     "found, tables written.", clustering=("pipeline",))
+
+
+# Metrics, segments and verdicts (reward_batch --metrics; docs/metrics.md).
+
+METRIC_STATS_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("dimension", "STRING", "REQUIRED"),  # "all", or an attribute name
+    ("segment", "STRING", "REQUIRED"),  # "all", a value, or "other"
+    ("arm", "STRING", "REQUIRED"),
+    ("metric", "STRING", "REQUIRED"),
+    ("metric_type", "STRING", "REQUIRED"),
+    ("role", "STRING", "REQUIRED"),
+    ("direction", "STRING", "REQUIRED"),
+    ("margin", "FLOAT64", "NULLABLE"),
+    ("quantile", "FLOAT64", "NULLABLE"),
+    ("window_start", "TIMESTAMP", "NULLABLE"),
+    ("window_end", "TIMESTAMP", "NULLABLE"),
+    ("requests", "INT64", "REQUIRED"),
+    ("n", "INT64", "REQUIRED"),
+    ("value_sum", "FLOAT64", "REQUIRED"),
+    ("value_m2", "FLOAT64", "REQUIRED"),
+    ("value_min", "FLOAT64", "NULLABLE"),
+    ("value_max", "FLOAT64", "NULLABLE"),
+    ("den_sum", "FLOAT64", "NULLABLE"),
+    ("den_m2", "FLOAT64", "NULLABLE"),
+    ("comoment", "FLOAT64", "NULLABLE"),
+    ("rank_error", "FLOAT64", "NULLABLE"),
+    ("estimate", "FLOAT64", "NULLABLE"),
+    ("ci_low", "FLOAT64", "NULLABLE"),
+    ("ci_high", "FLOAT64", "NULLABLE"),
+    ("control_arm", "STRING", "NULLABLE"),
+    ("lift", "FLOAT64", "NULLABLE"),
+    ("lift_ci_low", "FLOAT64", "NULLABLE"),
+    ("lift_ci_high", "FLOAT64", "NULLABLE"),
+    ("p_value", "FLOAT64", "NULLABLE"),
+    ("p_value_adj", "FLOAT64", "NULLABLE"),
+    ("seq_p_value", "FLOAT64", "NULLABLE"),
+    ("seq_p_value_adj", "FLOAT64", "NULLABLE"),
+    ("seq_ci_low", "FLOAT64", "NULLABLE"),
+    ("seq_ci_high", "FLOAT64", "NULLABLE"),
+    ("ni_p_value", "FLOAT64", "NULLABLE"),
+    ("srm_p_value", "FLOAT64", "NULLABLE"),
+    ("srm_alert", "BOOL", "NULLABLE"),
+) + RUN_FIELDS
+
+DECISIONS_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("dimension", "STRING", "REQUIRED"),
+    ("segment", "STRING", "REQUIRED"),
+    ("arm", "STRING", "REQUIRED"),
+    ("control_arm", "STRING", "REQUIRED"),
+    ("verdict", "STRING", "REQUIRED"),  # ship, rollback, invalid, keep_running
+    ("decide_on", "STRING", "REQUIRED"),  # fixed or sequential
+    ("reasons", "STRING", "REPEATED"),  # one sentence per metric
+    ("srm_p_value", "FLOAT64", "NULLABLE"),
+    ("window_start", "TIMESTAMP", "NULLABLE"),
+    ("window_end", "TIMESTAMP", "NULLABLE"),
+) + RUN_FIELDS
+
+METRIC_STATS = Table("metric_stats", METRIC_STATS_FIELDS,
+                     "Per experiment, segment, arm and metric: totals, "
+                     "estimate, lift, p-values.",
+                     clustering=("experiment_id", "metric"))
+DECISIONS = Table("decisions", DECISIONS_FIELDS,
+                  "Per experiment, segment and candidate arm: the verdict and "
+                  "its reasons.", clustering=("experiment_id", "verdict"))
+
+METRIC_TABLES = {t.name: t for t in (METRIC_STATS, DECISIONS)}

@@ -338,10 +338,12 @@ def _fast_json(data: bytes, n_lines: int, record_type: str, extras,
                log_format: str) -> pa.Table | None:
   fields, timestamp = _json_fields(record_type, log_format)
   known = dict(fields)
-  # pyarrow reads no map: an attributes object is inferred as a struct.
+  # pyarrow reads no map: an attributes object is inferred as a struct; a
+  # status is inferred too (text, or HTTP codes as integers).
+  inferred = {"attributes", "status"}
   extra_fields = [(name, EXTRA_TYPES[name]) for name in extras
-                  if name not in known and name != "attributes"]
-  behavior = "infer" if "attributes" in extras else "ignore"
+                  if name not in known and name not in inferred]
+  behavior = "infer" if inferred & set(extras) else "ignore"
   for ts_type in _TIMESTAMP_TYPES:
     json_schema = pa.schema(fields + extra_fields + [(timestamp, ts_type)])
     options = pa_json.ParseOptions(explicit_schema=json_schema,
@@ -443,7 +445,13 @@ def _extra(table: pa.Table, name: str):
     valid = pc.and_(pc.is_finite(latency), pc.greater_equal(latency, 0.0))
     return latency if _all(pc.or_kleene(pc.is_null(latency), valid)) else None
   if name == "status":
-    # Text must be ok/error; numbers (HTTP codes) take the contract.
+    if pa.types.is_integer(column.type):  # HTTP codes, kept as their digits
+      in_range = pc.and_(pc.greater_equal(column, 100),
+                         pc.less_equal(column, 599))
+      if not _all(pc.or_kleene(pc.is_null(column), in_range)):
+        return None
+      return pc.cast(column, pa.string())
+    # Text must be ok/error; other types take the contract.
     if not pa.types.is_string(column.type) or not _all(pc.or_kleene(
         pc.is_null(column), pc.is_in(column, pa.array(
             [contract.STATUS_OK, contract.STATUS_ERROR])))):

@@ -16,12 +16,13 @@ SOURCES = {"predictions": contract.PREDICTION, "feedback": contract.FEEDBACK}
 class _ParseMessage(beam.DoFn):
   """A message -> its record at the record's own event time, or a dead letter."""
 
-  def __init__(self, record_type: str, source: str):
+  def __init__(self, record_type: str, source: str, extras=()):
     self._record_type = record_type
     self._source = source
+    self._extras = tuple(extras)
 
   def process(self, data: bytes):
-    parsed = contract.PARSERS[self._record_type](data)
+    parsed = contract.PARSERS[self._record_type](data, self._extras)
     raw = data.decode("utf-8", errors="replace")
     if isinstance(parsed, contract.Rejected):
       yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
@@ -43,15 +44,16 @@ class ParseMessages(beam.PTransform):
 
   The event time is the record's own timestamp, as in batch. Tagged outputs:
   `quality.DEAD_LETTER` (source_file = `source`, the subscription),
-  `quality.COUNTS`.
+  `quality.COUNTS`. `extras`: the optional fields to read (contract.EXTRAS).
   """
 
-  def __init__(self, record_type: str, source: str):
+  def __init__(self, record_type: str, source: str, extras=()):
     super().__init__()
     self._record_type = record_type
     self._source = source
+    self._extras = contract.check_extras(record_type, extras)
 
   def expand(self, messages):
     return messages | "Parse" >> beam.ParDo(_ParseMessage(
-        self._record_type, self._source)).with_outputs(
+        self._record_type, self._source, self._extras)).with_outputs(
             quality.DEAD_LETTER, quality.COUNTS, main="records")
