@@ -5,20 +5,17 @@ read from JSON lines."""
 import datetime
 import json
 import random
-import types
 
 import apache_beam as beam
 from apache_beam.io.gcp import bigquery as beam_bigquery
-from apache_beam.io.gcp import bigquery_tools
-from apache_beam.io.gcp.internal.clients import bigquery as beam_bigquery_api
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
-from google.cloud import bigquery_storage_v1
 import pyarrow as pa
 import pytest
 
+from emulators import beam_bigquery_reads
 from pipelines import reward_batch
 from transforms import options as opts
 from transforms.io import bigquery
@@ -128,22 +125,11 @@ def outputs(out_dir, table):
 
 @pytest.fixture
 def beam_reads_the_emulator(bq_emulator, monkeypatch):
-  """Beam's ReadFromBigQuery, and our table look-ups, sent to the emulator.
-
-  Beam builds its Storage Read client with no endpoint option, and its REST
-  client (table size, temporary datasets) with Google's URL: both are
-  replaced by clients of the emulator, the rest of Beam's read runs as is.
+  """Beam's ReadFromBigQuery (emulators/beam_bigquery_reads.py), and our
+  table look-ups, sent to the emulator; the rest of Beam's read runs as is.
   Returns the emulator's project, the one a job must name with --project.
   """
   emulator, project = bq_emulator
-  monkeypatch.setattr(beam_bigquery, "bq_storage", types.SimpleNamespace(
-      BigQueryReadClient=lambda: bigquery.read_client(emulator.grpc_host),
-      types=bigquery_storage_v1.types))
-  monkeypatch.setattr(
-      bigquery_tools.BigQueryWrapper, "_bigquery_client",
-      staticmethod(lambda pipeline_options: beam_bigquery_api.BigqueryV2(
-          url=f"{emulator.host}/bigquery/v2/", get_credentials=False,
-          credentials=None, response_encoding="utf8")))
   rest_client = bigquery.bigquery_client
 
   def emulator_rest_client(project, emulator_host=None):
@@ -151,7 +137,8 @@ def beam_reads_the_emulator(bq_emulator, monkeypatch):
     return rest_client(project, emulator.host)
 
   monkeypatch.setattr(bigquery, "bigquery_client", emulator_rest_client)
-  return project
+  with beam_bigquery_reads.reads_from(emulator):
+    yield project
 
 
 def load_logs(client, project, dataset, logs, prediction_columns):
