@@ -8,6 +8,10 @@ temporary datasets of a query) with Google's URL
 clients of the emulator; the rest of Beam's read (session, streams, rows)
 runs as it does on Google Cloud. The pipeline must run in this process
 (FnApiRunner, DirectRunner). Nothing here is used by a pipeline.
+
+After a read Beam deletes its temporary datasets: those it lists with a
+label filter, which the emulator ignores (it lists every dataset). The
+emulator's client applies the filter itself, so only Beam's go.
 """
 
 from __future__ import annotations
@@ -31,9 +35,22 @@ def reads_from(emulator):
 
   def rest_client(pipeline_options):
     del pipeline_options  # Beam's reads the project's credentials from them.
-    return bigquery_api.BigqueryV2(
+    client = bigquery_api.BigqueryV2(
         url=f"{emulator.host}/bigquery/v2/", get_credentials=False,
         credentials=None, response_encoding="utf8")
+    list_datasets = client.datasets.List
+
+    def list_labelled_datasets(request, **kwargs):
+      listed = list_datasets(request, **kwargs)
+      wanted = set((request.filter or "").split())  # "labels.KEY:VALUE ..."
+      listed.datasets = [dataset for dataset in listed.datasets
+                         if wanted <= _label_terms(dataset)]
+      return listed
+
+    # apitools finds a method's request path on the method itself.
+    list_labelled_datasets.method_config = list_datasets.method_config
+    client.datasets.List = list_labelled_datasets
+    return client
 
   storage = types.SimpleNamespace(
       BigQueryReadClient=lambda: bigquery.read_client(emulator.grpc_host),
@@ -42,3 +59,8 @@ def reads_from(emulator):
       mock.patch.object(bigquery_tools.BigQueryWrapper, "_bigquery_client",
                         staticmethod(rest_client)):
     yield
+
+
+def _label_terms(dataset) -> set[str]:
+  labels = dataset.labels.additionalProperties if dataset.labels else []
+  return {f"labels.{label.key}:{label.value}" for label in labels}

@@ -29,6 +29,7 @@ from transforms.logs import read_logs
 DIRECT_READ = "DIRECT_READ"
 ARROW_STREAMS = "ARROW_STREAMS"
 
+
 @dataclasses.dataclass(frozen=True)
 class BigQueryLogs:
   """One record type's logs in BigQuery: a table or a standard-SQL query."""
