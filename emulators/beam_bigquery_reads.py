@@ -34,7 +34,7 @@ def reads_from(emulator):
   `emulators.bq_emulator` handle)."""
 
   def rest_client(pipeline_options):
-    del pipeline_options  # Beam's reads the project's credentials from them.
+    del pipeline_options  # Beam takes credentials from them: none here.
     client = bigquery_api.BigqueryV2(
         url=f"{emulator.host}/bigquery/v2/", get_credentials=False,
         credentials=None, response_encoding="utf8")
