@@ -23,6 +23,7 @@ import pytest
 
 from templates import main
 from templates import registry
+from transforms.logs import read_bigquery
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/online-eval/online-eval:v1"
 DATAFLOW = ["--runner=DataflowRunner", "--dry_run=True",
@@ -135,15 +136,70 @@ def test_batch_inference_reads_a_bigquery_table_offline():
       "batch_inference", job)
 
 
+def source_display_data(job, step: str) -> dict:
+  """The display data of the BigQuery source read at `step`."""
+  [transform] = [t for t in job.proto_pipeline.components.transforms.values()
+                 if t.unique_name == step]
+  shown = {}
+  for item in transform.display_data:
+    payload = beam_runner_api_pb2.LabelledPayload.FromString(item.payload)
+    shown[payload.key] = getattr(payload, payload.WhichOneof("value"))
+  return shown
+
+
+VERTEX_TABLE = "my-project:vertex_logs.request_response_logging"
+CONVERSIONS = ("SELECT request_id, timestamp, reward FROM "
+               "`my-project.crm.conversions`")
+
+
 @pytest.mark.parametrize("log_format", ["auto", "vertex"])
-def test_batch_job_reads_its_logs_from_bigquery_offline(log_format):
-  """Tables and queries are opened when the job runs, not when it is built."""
+def test_batch_job_reads_its_logs_with_beams_read_from_bigquery(
+    log_format, monkeypatch):
+  """On Dataflow the logs are read by Beam's ReadFromBigQuery (DIRECT_READ):
+  a table for the run's day, a query as it is. A prediction table of
+  unknown format has its columns looked up when the job is built."""
+  looked_up = []
+
+  def vertex_columns(source):
+    looked_up.append(source.table)
+    return ["endpoint", "deployed_model_id", "logging_time", "request_id",
+            "request_payload", "response_payload"]
+
+  monkeypatch.setattr(read_bigquery, "table_columns", vertex_columns)
   job = main.build_pipeline("reward_batch", arguments(
       "reward_batch", predictions=None, feedback=None,
-      predictions_table="my-project:vertex_logs.request_response_logging",
-      feedback_query="SELECT request_id, timestamp, reward FROM "
-                     "`my-project.crm.conversions`",
+      predictions_table=VERTEX_TABLE, feedback_query=CONVERSIONS,
       log_format=log_format, sampling_rate="0.2")).run().job
+  transforms = check_job("reward_batch", job)
+  for read in ("ReadPredictions", "ReadFeedback"):
+    for step in ("ReadFromBigQuery/Read", "RowsToArrow/Batch",
+                 "RowsToArrow/Parse"):
+      assert f"RewardAggregation/{read}/ReadBigQuery/{step}" in transforms
+  assert "RewardAggregation/EstimatedRequests/Scale" in transforms
+  assert looked_up == ([VERTEX_TABLE] if log_format == "auto" else [])
+  table_read = source_display_data(
+      job, "RewardAggregation/ReadPredictions/ReadBigQuery/ReadFromBigQuery/"
+      "Read")
+  assert table_read["method"] == "DIRECT_READ"
+  assert table_read["output_format"] == "ARROW"
+  assert "request_response_logging" in table_read["table_reference"]
+  assert table_read["row_restriction"] == (
+      "`logging_time` >= TIMESTAMP '2026-01-01 00:00:00+00' AND "
+      "`logging_time` < TIMESTAMP '2026-01-02 00:00:00+00'")
+  query_read = source_display_data(
+      job, "RewardAggregation/ReadFeedback/ReadBigQuery/ReadFromBigQuery/Read")
+  assert query_read["query"] == CONVERSIONS
+  assert query_read["use_legacy_sql"] is False
+  assert query_read["row_restriction"] == "None"
+
+
+def test_batch_job_reads_its_logs_in_arrow_streams_offline():
+  """--bigquery_read_method=ARROW_STREAMS: sessions are opened when the job
+  runs, not when it is built."""
+  job = main.build_pipeline("reward_batch", arguments(
+      "reward_batch", predictions=None, feedback=None,
+      predictions_table=VERTEX_TABLE, feedback_query=CONVERSIONS,
+      bigquery_read_method="ARROW_STREAMS", sampling_rate="0.2")).run().job
   transforms = check_job("reward_batch", job)
   for read in ("ReadPredictions", "ReadFeedback"):
     for step in ("OpenReadSession", "ReadStreams"):

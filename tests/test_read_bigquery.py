@@ -1,15 +1,30 @@
 """Logs read from BigQuery tables and queries (the local emulator's Storage
-Read API) give exactly what the same records give read from JSON lines."""
+Read API), by either read method, give exactly what the same records give
+read from JSON lines."""
 
+import collections
 import datetime
 import json
 import random
 
+import apache_beam as beam
+from apache_beam.io.gcp import bigquery as beam_bigquery
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
+import pyarrow as pa
 import pytest
 
+from emulators import beam_bigquery_reads
 from pipelines import reward_batch
+from transforms import options as opts
 from transforms.io import bigquery
+from transforms.logs import batches
+from transforms.logs import contract
+from transforms.logs import quality
 from transforms.logs import read_bigquery
+from transforms.logs import sources
 
 DAY = "2026-12-01"
 DAY_START = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
@@ -107,6 +122,196 @@ def outputs(out_dir, table):
   return sorted((json.dumps({k: v for k, v in r.items()
                              if k not in RUN_FIELDS}, sort_keys=True)
                  for r in rows))
+
+
+@pytest.fixture
+def beam_reads_the_emulator(bq_emulator, monkeypatch):
+  """Beam's ReadFromBigQuery (emulators/beam_bigquery_reads.py), and our
+  table look-ups, sent to the emulator; the rest of Beam's read runs as is.
+  Returns the emulator's project, the one a job must name with --project.
+  """
+  emulator, project = bq_emulator
+  rest_client = bigquery.bigquery_client
+
+  def emulator_rest_client(project, emulator_host=None):
+    del emulator_host  # Not given: DIRECT_READ runs without emulator flags.
+    return rest_client(project, emulator.host)
+
+  monkeypatch.setattr(bigquery, "bigquery_client", emulator_rest_client)
+  with beam_bigquery_reads.reads_from(emulator):
+    yield project
+
+
+def load_logs(client, project, dataset, logs, prediction_columns):
+  """Tables of `logs()` (the next day's rows too): (predictions table,
+  feedback table, (predictions, feedback) of the day)."""
+  predictions, feedback, (late_predictions, late_feedback) = logs()
+  return (load_table(client, project, dataset, "predictions",
+                     prediction_columns, predictions + late_predictions),
+          load_table(client, project, dataset, "feedback", FEEDBACK_COLUMNS,
+                     feedback + late_feedback),
+          (predictions, feedback))
+
+
+@pytest.mark.parametrize("logs,prediction_columns,log_format", [
+    (contract_logs, PREDICTION_COLUMNS, "auto"),
+    (vertex_logs, VERTEX_COLUMNS, "vertex"),
+    (vertex_logs, VERTEX_COLUMNS, "auto")])
+def test_beams_direct_read_gives_the_same_tables_as_json_lines(
+    beam_reads_the_emulator, tmp_path, logs, prediction_columns, log_format):
+  """The job that runs on Google Cloud: Beam's ReadFromBigQuery, the day's
+  row restriction, rows batched back into Arrow tables."""
+  project = beam_reads_the_emulator
+  client = bigquery.bigquery_client(project)
+  predictions_table, feedback_table, (predictions, feedback) = load_logs(
+      client, project, f"direct_{logs.__name__}_{log_format}", logs,
+      prediction_columns)
+  common = [f"--partition_date={DAY}", "--runner=FnApiRunner",
+            f"--log_format={log_format}", f"--project={project}"]
+  reward_batch.run(common + [
+      f"--predictions={write_lines(tmp_path / 'p.jsonl', predictions)}",
+      f"--feedback={write_lines(tmp_path / 'f.jsonl', feedback)}",
+      f"--output_dir={tmp_path / 'files'}"])
+  reward_batch.run(common + [
+      f"--predictions_table={predictions_table}",
+      f"--feedback_table={feedback_table}",
+      f"--output_dir={tmp_path / 'tables'}"])
+
+  # Beam's clean-up of its temporary datasets left the others alone.
+  assert client.get_table(predictions_table.replace(":", "."))
+  from_files = outputs(tmp_path / "files", "arm_stats")
+  assert len(from_files) >= 2
+  assert outputs(tmp_path / "tables", "arm_stats") == from_files
+  quality_rows = outputs(tmp_path / "files", "data_quality")
+  assert any('"metric": "dead_letter:' in row for row in quality_rows)
+  assert outputs(tmp_path / "tables", "data_quality") == quality_rows
+  assert sorted(json.loads(r)["reason"] for r in outputs(
+      tmp_path / "tables", "dead_letter")) == sorted(
+          json.loads(r)["reason"] for r in outputs(tmp_path / "files",
+                                                   "dead_letter"))
+
+
+def arrow_stream_batches(project, table, grpc_host):
+  client = bigquery.read_client(grpc_host)
+  schema, streams = bigquery.open_read_session(
+      client, bigquery.table_reference(table), project)
+  return [batch for stream in streams
+          for batch in bigquery.read_stream_batches(client, stream, schema)]
+
+
+def beam_stream_source(stream: str):
+  return beam_bigquery._CustomBigQueryStorageStreamSource(  # pylint: disable=protected-access
+      stream, use_native_datetime=True)
+
+
+def beam_rows(project, table):
+  """A table's rows as Beam's ReadFromBigQuery(DIRECT_READ,
+  use_native_datetime=True) yields them, by Beam's own stream reader and
+  client (the emulator's: beam_reads_the_emulator)."""
+  _, streams = bigquery.open_read_session(
+      beam_bigquery.bq_storage.BigQueryReadClient(),
+      bigquery.table_reference(table), project)
+  return [row for stream in streams
+          for row in beam_stream_source(stream).read(None)]
+
+
+def comparable(table: pa.Table):
+  return sorted(json.dumps(row, sort_keys=True, default=str)
+                for row in table.to_pylist())
+
+
+@pytest.mark.parametrize("logs,prediction_columns,log_format", [
+    (contract_logs, PREDICTION_COLUMNS, "auto"),
+    (vertex_logs, VERTEX_COLUMNS, "vertex"),
+    (vertex_logs, VERTEX_COLUMNS, "auto")])
+def test_rows_as_beam_yields_them_give_the_arrow_streams_tables(
+    beam_reads_the_emulator, bq_emulator, logs, prediction_columns,
+    log_format):
+  """The same table's rows, as Beam yields them through RowsToArrowTables
+  and as Arrow stream batches through the contract: the same tables, dead
+  letters and counts (but for fast_path_records, which depend on batching)."""
+  project = beam_reads_the_emulator
+  emulator, _ = bq_emulator
+  predictions_table, _, _ = load_logs(
+      bigquery.bigquery_client(project), project,
+      f"rows_{logs.__name__}_{log_format}", logs, prediction_columns)
+  label = f"bigquery:{predictions_table}"
+  tables, dead, counts = [], [], collections.Counter()
+  for batch in arrow_stream_batches(project, predictions_table,
+                                    emulator.grpc_host):
+    for output in quality.emit_block(contract.PREDICTION, label,
+                                     batches.parse_arrow_batch(
+                                         batch, contract.PREDICTION, label,
+                                         (), log_format), batch.num_rows):
+      if isinstance(output, pa.Table):
+        tables.append(output)
+      elif output.tag == quality.DEAD_LETTER:
+        dead.append(output.value)
+      elif output.value[0][1] != quality.FAST_PATH:
+        counts[output.value[0]] += output.value[1]
+  rows = beam_rows(project, predictions_table)
+  assert isinstance(rows[0], dict)
+  assert len(rows) == counts[(contract.PREDICTION, quality.READ)]
+  expected_records = comparable(pa.concat_tables(tables))
+  assert dead and len(expected_records) > 50
+
+  with TestPipeline(runner="FnApiRunner") as p:
+    read = (p
+            | beam.Create(rows)
+            | read_bigquery.RowsToArrowTables(contract.PREDICTION, (),
+                                              log_format, label))
+    assert_that(read.records | beam.combiners.ToList()
+                | beam.Map(lambda parts: comparable(pa.concat_tables(parts))),
+                equal_to([expected_records]), label="Records")
+    assert_that(read[quality.DEAD_LETTER], equal_to(dead), label="DeadLetters")
+    assert_that(read[quality.COUNTS]
+                | beam.Filter(lambda kv: kv[0][1] != quality.FAST_PATH)
+                | beam.CombinePerKey(sum), equal_to(list(counts.items())),
+                label="Counts")
+
+
+def test_rows_that_disagree_on_a_column_type_are_parsed_one_by_one():
+  """Beam's rows carry one type per column; should they not, each row is
+  its own table and the contract dead-letters the wrong one."""
+  at_noon = datetime.datetime(2026, 12, 1, 12, tzinfo=datetime.timezone.utc)
+  rows = [{"request_id": "r1", "timestamp": at_noon, "experiment_id": "e",
+           "arm": "a", "propensity": 0.5},
+          {"request_id": "r2", "timestamp": at_noon, "experiment_id": "e",
+           "arm": "a", "propensity": "high"}]
+  with TestPipeline(runner="FnApiRunner") as p:
+    read = (p | beam.Create(rows) | read_bigquery.RowsToArrowTables(
+        contract.PREDICTION, ("propensity",), contract.AUTO, "bigquery:t"))
+    assert_that(read.records | beam.FlatMap(lambda table: [
+        (r["request_id"], r["propensity"]) for r in table.to_pylist()]),
+                equal_to([("r1", 0.5)]), label="Records")
+    assert_that(read[quality.DEAD_LETTER] | beam.Map(
+        lambda row: (row["reason"], json.loads(row["raw"])["request_id"])),
+                equal_to([(contract.WRONG_TYPE, "r2")]), label="DeadLetters")
+
+
+@pytest.mark.parametrize("flags,method", [
+    ([], read_bigquery.DIRECT_READ),
+    (["--bigquery_emulator_grpc_host=127.0.0.1:1"],
+     read_bigquery.ARROW_STREAMS),
+    (["--bigquery_emulator_host=http://127.0.0.1:1"],
+     read_bigquery.ARROW_STREAMS),
+    (["--bigquery_read_method=ARROW_STREAMS"], read_bigquery.ARROW_STREAMS)])
+def test_read_method_defaults_to_beams_off_the_emulator(flags, method):
+  options = opts.parse_pipeline_options(
+      ["--predictions_table=p:d.t"] + flags, reward_batch.OPTION_CLASSES, "")
+  chosen = sources.log_sources(options, DAY, predictions=None)
+  assert chosen["predictions"].bigquery.read_method == method
+
+
+def test_beams_read_is_refused_on_the_emulator(tmp_path, capsys):
+  with pytest.raises(SystemExit) as stop:
+    reward_batch.run([
+        "--predictions_table=p:d.t", "--feedback=f.jsonl",
+        "--bigquery_read_method=DIRECT_READ",
+        "--bigquery_emulator_grpc_host=127.0.0.1:1",
+        f"--output_dir={tmp_path}"])
+  assert stop.value.code == 2
+  assert "--bigquery_read_method=ARROW_STREAMS" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("logs,prediction_columns,log_format", [

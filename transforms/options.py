@@ -209,6 +209,16 @@ LOG_SOURCE_OPTIONS = (
            "Storage Read API (plain gRPC, HOST:PORT) of a local BigQuery "
            "emulator, to read log tables from it (queries go to "
            "--bigquery_emulator_host).", "BigQuery emulator read endpoint"),
+    Option("bigquery_read_method",
+           "How log tables and queries are read: DIRECT_READ (Beam's "
+           "ReadFromBigQuery over the Storage Read API, rows batched into "
+           "Arrow tables; Google's endpoints only) or ARROW_STREAMS (our "
+           "Storage Read client, Arrow record batches as they come; reaches "
+           "the emulator too). Default: ARROW_STREAMS when "
+           "--bigquery_emulator_grpc_host or --bigquery_emulator_host is "
+           "given, else DIRECT_READ.",
+           "BigQuery log read method",
+           choices=("DIRECT_READ", "ARROW_STREAMS")),
 )
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from transforms import options as opts
 from transforms.logs import contract
+from transforms.logs import read_bigquery
 from transforms.logs.read_bigquery import BigQueryLogs
 from transforms.logs.read_bigquery import ReadBigQueryLogs
 from transforms.logs.read_logs import ReadLogs
@@ -54,10 +55,15 @@ def log_sources(pipeline_options, day: str | None, **file_patterns
                   else contract.AUTO)
     bigquery = None
     if table or query:
+      emulator_host = output.bigquery_emulator_host
+      emulator_grpc_host = given.bigquery_emulator_grpc_host
       bigquery = BigQueryLogs(
           table=table, query=query, day=day, project=project,
-          emulator_host=output.bigquery_emulator_host,
-          emulator_grpc_host=given.bigquery_emulator_grpc_host)
+          emulator_host=emulator_host, emulator_grpc_host=emulator_grpc_host,
+          read_method=given.bigquery_read_method or (
+              read_bigquery.ARROW_STREAMS
+              if emulator_host or emulator_grpc_host
+              else read_bigquery.DIRECT_READ))
     sources[name] = (LogSource(files, bigquery, log_format)
                      if chosen else None)
   return sources
