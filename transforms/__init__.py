@@ -5,6 +5,7 @@ attribution/  join feedback to predictions, per-arm reward accumulators
 decisions/    statistics, router state and per-experiment tables
 scoring/      model inputs, the shared Keras model handler, prediction rows
 io/           output schemas, sinks (BigQuery, files), coders
+policy/       contextual bandit state, target policies, off-policy estimators
 
 Each sub-package mixes two tiers: a pure core (no Beam import: one record's
 parsing, statistics, schemas), and the Beam composites built on it. Imports
@@ -24,4 +25,8 @@ PURE_CORE = (
     "transforms.io.schemas",
     "transforms.io.json_lines",
     "transforms.io.arrow_tables",
+    "transforms.policy.linear",
+    "transforms.policy.estimators",
+    "transforms.policy.requests",
+    "transforms.policy.targets",
 )

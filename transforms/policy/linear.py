@@ -1,0 +1,209 @@
+"""Linear bandit statistics per arm, the ridge model and the router's action probabilities.
+
+Pure numpy/scipy, no Beam. `LinearStats` holds one arm's sufficient
+statistics, A = sum w x x^T, b = sum w r x, n = sum w, with each record
+weighted by `decay` to the power of its age in days (relative to the newest
+record seen, so merging rescales the older side: any merge order gives the
+same state). `ridge` solves (A + lambda I) theta = b; `action_probabilities`
+turns per-arm models into the probability that a greedy, LinUCB or linear
+Thompson sampling router serves each arm for a context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+DAY_S = 86_400.0
+POLICIES = ("greedy", "linucb", "linear_thompson")
+# Gauss-Hermite nodes of the linear Thompson sampling probabilities.
+_QUADRATURE_NODES = 48
+# A score spread below this (relative to 1) is treated as this: alpha = 0
+# makes Thompson sampling greedy, which the quadrature still handles.
+_MIN_SCALE = 1e-12
+
+
+@dataclasses.dataclass
+class LinearStats:
+  """One arm's mergeable sufficient statistics (weights relative to ts_ref)."""
+  a: np.ndarray  # (d, d): sum w x x^T
+  b: np.ndarray  # (d,): sum w r x
+  n: float = 0.0  # sum w
+  count: int = 0  # records, unweighted
+  ts_ref: float = -math.inf  # the newest record's time: its weight is 1
+
+  @classmethod
+  def empty(cls, dim: int) -> "LinearStats":
+    return cls(np.zeros((dim, dim)), np.zeros(dim))
+
+  @classmethod
+  def of(cls, x: np.ndarray, reward: np.ndarray, ts: np.ndarray,
+         decay: float = 1.0) -> "LinearStats":
+    """The statistics of contexts `x` (n, d), their rewards and times."""
+    if len(ts) == 0:
+      return cls.empty(x.shape[1])
+    ts_ref = float(np.max(ts))
+    weight = _decay_weights(ts_ref - ts, decay)
+    weighted = x * weight[:, None]
+    return cls(weighted.T @ x, weighted.T @ reward, float(weight.sum()),
+               len(ts), ts_ref)
+
+  @property
+  def dim(self) -> int:
+    return len(self.b)
+
+  def aged(self, ts_ref: float, decay: float) -> "LinearStats":
+    """The same statistics with weights relative to a later `ts_ref`."""
+    if self.count == 0 or ts_ref == self.ts_ref:
+      return dataclasses.replace(self, ts_ref=max(ts_ref, self.ts_ref))
+    factor = float(_decay_weights(np.array([ts_ref - self.ts_ref]), decay)[0])
+    return LinearStats(self.a * factor, self.b * factor, self.n * factor,
+                       self.count, ts_ref)
+
+  def merge(self, other: "LinearStats", decay: float = 1.0) -> "LinearStats":
+    if other.count == 0:
+      return self
+    if self.count == 0:
+      return other
+    ts_ref = max(self.ts_ref, other.ts_ref)
+    mine, theirs = self.aged(ts_ref, decay), other.aged(ts_ref, decay)
+    return LinearStats(mine.a + theirs.a, mine.b + theirs.b,
+                       mine.n + theirs.n, mine.count + theirs.count, ts_ref)
+
+
+def _decay_weights(age_s: np.ndarray, decay: float) -> np.ndarray:
+  if decay == 1.0:
+    return np.ones(len(age_s))
+  return np.power(decay, np.asarray(age_s, np.float64) / DAY_S)
+
+
+def check_decay(decay: float) -> float:
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"decay must be in (0, 1]: {decay}")
+  return decay
+
+
+def merge_all(stats: Sequence[LinearStats], decay: float = 1.0,
+              dim: int | None = None) -> LinearStats:
+  total = LinearStats.empty(dim if dim is not None else stats[0].dim)
+  for part in stats:
+    total = total.merge(part, decay)
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmModel:
+  """What a router needs of one arm: theta and the Cholesky factor of A + lambda I."""
+  arm: str
+  theta: np.ndarray  # (d,)
+  cholesky: np.ndarray  # (d, d) lower triangular L, L L^T = A + lambda I
+  n: float = 0.0
+  count: int = 0
+
+
+def ridge(stats: LinearStats, ridge_lambda: float, arm: str = "") -> ArmModel:
+  """theta = (A + lambda I)^-1 b, through the Cholesky factor of A + lambda I."""
+  if ridge_lambda <= 0:
+    raise ValueError(f"ridge_lambda must be > 0: {ridge_lambda}")
+  gram = stats.a + ridge_lambda * np.eye(stats.dim)
+  lower = np.linalg.cholesky(gram)
+  theta = scipy.linalg.cho_solve((lower, True), stats.b)
+  return ArmModel(arm, theta, lower, stats.n, stats.count)
+
+
+def _uncertainty(model: ArmModel, x: np.ndarray) -> np.ndarray:
+  """sqrt(x^T (A + lambda I)^-1 x) for each row of x."""
+  z = scipy.linalg.solve_triangular(model.cholesky, x.T, lower=True)
+  return np.sqrt(np.einsum("ij,ij->j", z, z))
+
+
+def expected_rewards(models: Sequence[ArmModel], x: np.ndarray) -> np.ndarray:
+  """(n, arms): each arm's ridge estimate x . theta."""
+  return np.stack([x @ m.theta for m in models], axis=1)
+
+
+def _argmax_one_hot(scores: np.ndarray) -> np.ndarray:
+  """Ties go to the first arm (arms are in name order)."""
+  probabilities = np.zeros_like(scores)
+  probabilities[np.arange(len(scores)), np.argmax(scores, axis=1)] = 1.0
+  return probabilities
+
+
+def thompson_probabilities(mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+  """P(arm k has the highest score) for independent normal scores.
+
+  mean, scale: (n, arms). P_k = E[prod_{j != k} Phi((S_k - mean_j) / scale_j)]
+  with S_k ~ N(mean_k, scale_k), by Gauss-Hermite quadrature; rows sum to 1.
+  """
+  nodes, weights = np.polynomial.hermite.hermgauss(_QUADRATURE_NODES)
+  scale = np.maximum(scale, _MIN_SCALE)
+  n, arms = mean.shape
+  probabilities = np.empty((n, arms))
+  for k in range(arms):
+    score = mean[:, k, None] + math.sqrt(2) * scale[:, k, None] * nodes
+    log_cdf = np.zeros_like(score)
+    for j in range(arms):
+      if j != k:
+        log_cdf += scipy.special.log_ndtr(
+            (score - mean[:, j, None]) / scale[:, j, None])
+    probabilities[:, k] = np.exp(log_cdf) @ weights / math.sqrt(math.pi)
+  return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def action_probabilities(models: Sequence[ArmModel], x: np.ndarray,
+                         policy: str, alpha: float = 1.0,
+                         epsilon: float = 0.0) -> np.ndarray:
+  """(n, arms): the probability each arm is served for each context row.
+
+  greedy: the arm of highest x . theta. linucb: the arm of highest
+  x . theta + alpha sqrt(x^T (A + lambda I)^-1 x). linear_thompson: the
+  probability that the arm's score, drawn from N(x . theta, alpha^2 x^T
+  (A + lambda I)^-1 x), is the highest. `epsilon` of the traffic is spread
+  evenly over the arms (so a deterministic policy still explores).
+  """
+  if policy not in POLICIES:
+    raise ValueError(f"policy must be one of {POLICIES}: {policy}")
+  if not 0.0 <= epsilon <= 1.0:
+    raise ValueError(f"epsilon must be in [0, 1]: {epsilon}")
+  mean = expected_rewards(models, x)
+  if policy == "greedy":
+    chosen = _argmax_one_hot(mean)
+  else:
+    spread = np.stack([_uncertainty(m, x) for m in models], axis=1)
+    if policy == "linucb":
+      chosen = _argmax_one_hot(mean + alpha * spread)
+    else:
+      chosen = thompson_probabilities(mean, alpha * spread)
+  return (1.0 - epsilon) * chosen + epsilon / len(models)
+
+
+def state_fields(models: Sequence[ArmModel], policy: str, alpha: float,
+                 ridge_lambda: float, decay: float, epsilon: float,
+                 context_source: str, context_features: Sequence[str]) -> dict:
+  """The `contextual` field of a router_state record (table and JSON)."""
+  return dict(
+      policy=policy, alpha=alpha, ridge_lambda=ridge_lambda, decay=decay,
+      epsilon=epsilon, context_source=context_source,
+      context_features=list(context_features),
+      dim=len(models[0].theta) if models else None,
+      arms=[dict(arm=m.arm, n=m.n, count=m.count,
+                 theta=[float(v) for v in m.theta],
+                 cholesky=[float(v) for v in m.cholesky.ravel()])
+            for m in models])
+
+
+def models_from_state(contextual: Mapping) -> list[ArmModel]:
+  """The per-arm models of a router_state record's `contextual` field."""
+  models = []
+  for arm in contextual["arms"]:
+    theta = np.asarray(arm["theta"], np.float64)
+    lower = np.asarray(arm["cholesky"], np.float64).reshape(len(theta),
+                                                            len(theta))
+    models.append(ArmModel(arm["arm"], theta, lower, arm.get("n", 0.0),
+                           arm.get("count", 0)))
+  return sorted(models, key=lambda m: m.arm)
