@@ -216,3 +216,56 @@ def policy_requests(table: pa.Table, spec: ContextSpec | None,
                contract.Rejected(reasons[i], details[i] or ""))
               for i in bad]
   return requests.take(good)._replace(rejected=rejected)
+
+
+def to_table(requests: PolicyRequests) -> pa.Table:
+  """Usable requests as an Arrow table (x as a fixed-size list column)."""
+  dim = requests.x.shape[1]
+  columns = {
+      "request_id": requests.request_id,
+      "ts": pa.array(requests.ts, pa.float64()),
+      "experiment_id": pa.array(requests.experiment_id, pa.string()),
+      "arm": pa.array(requests.arm, pa.string()),
+      "reward": pa.array(requests.reward, pa.float64()),
+      "x": pa.FixedSizeListArray.from_arrays(
+          pa.array(requests.x.ravel(), pa.float64()), dim),
+  }
+  if requests.propensity is not None:
+    columns["propensity"] = pa.array(requests.propensity, pa.float64())
+  return pa.table(columns)
+
+
+def from_table(table: pa.Table) -> PolicyRequests:
+  """The inverse of `to_table`."""
+  x_column = table["x"].combine_chunks()
+  dim = x_column.type.list_size
+  x = _numpy(x_column.flatten()).reshape(-1, dim)
+  propensity = (_numpy(table["propensity"]).astype(np.float64)
+                if "propensity" in table.column_names else None)
+  return PolicyRequests(
+      table["request_id"].combine_chunks(),
+      _numpy(table["experiment_id"]).astype(object),
+      _numpy(table["arm"]).astype(object), _numpy(table["ts"]),
+      _numpy(table["reward"]), propensity, x, [])
+
+
+def groups(*keys: np.ndarray):
+  """(key tuple, row indices) of each distinct combination of `keys`."""
+  if not len(keys[0]):
+    return
+  codes = []
+  names = []
+  for key in keys:
+    uniques, code = np.unique(key, return_inverse=True)
+    names.append(uniques)
+    codes.append(code)
+  combined = np.zeros(len(keys[0]), np.int64)
+  for key_names, code in zip(names, codes):
+    combined = combined * len(key_names) + code
+  order = np.argsort(combined, kind="stable")
+  sorted_codes = combined[order]
+  starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+  for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
+    rows = order[start:stop]
+    first = rows[0]
+    yield tuple(str(k[first]) for k in keys), rows

@@ -1,0 +1,260 @@
+"""Beam composites of contextual bandits and off-policy evaluation.
+
+`UsableRequests` turns joined requests (`JoinRequests`) into the arrays a
+policy works on, dead-lettering what it cannot use; `LinearModels` combines
+each arm's linear bandit statistics with `CombinePerKey` and solves the
+ridge models; `ContextualState` makes the router_state's `contextual` field
+of them; `EvaluatePolicies` combines each target policy's estimator sums per
+experiment into policy_value rows. All work batch-wise on Arrow tables.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam import pvalue
+import numpy as np
+
+from transforms.io import arrow_coder  # noqa: F401 (registers the coder)
+from transforms.logs import contract
+from transforms.logs import quality
+from transforms.attribution import rewards
+from transforms.policy import estimators
+from transforms.policy import linear
+from transforms.policy import requests as policy_requests
+
+
+class _Usable(beam.DoFn):
+  """A joined request table -> a usable request table; dead letters, counts."""
+
+  def __init__(self, spec, with_propensity: bool):
+    self._spec = spec
+    self._with_propensity = with_propensity
+
+  def process(self, table):
+    usable = policy_requests.policy_requests(table, self._spec,
+                                             self._with_propensity)
+    if usable.size:
+      yield policy_requests.to_table(usable)
+    for row, rejected in usable.rejected:
+      yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
+          contract.PREDICTION, None, policy_requests.raw_record(row),
+          rejected))
+      # The join counted the request; it is dead-lettered instead.
+      yield pvalue.TaggedOutput(quality.COUNTS,
+                                ((contract.PREDICTION, rewards.COUNTED), -1))
+      yield pvalue.TaggedOutput(quality.COUNTS, ((
+          contract.PREDICTION, quality.dead_letter_metric(rejected.reason)),
+                                                 1))
+
+
+class UsableRequests(beam.PTransform):
+  """Joined request tables -> usable request tables (`policy_requests.to_table`).
+
+  Tagged outputs: `quality.DEAD_LETTER` (a request without a usable
+  propensity or context), `quality.COUNTS` (moving it from counted to
+  dead-lettered, so data_quality still balances).
+  """
+
+  def __init__(self, spec: policy_requests.ContextSpec | None,
+               with_propensity: bool):
+    super().__init__()
+    self._spec = spec
+    self._with_propensity = with_propensity
+
+  def expand(self, joined):
+    usable = joined | "Check" >> beam.ParDo(
+        _Usable(self._spec, self._with_propensity)).with_outputs(
+            quality.DEAD_LETTER, quality.COUNTS, main="requests")
+    return {"requests": usable.requests,
+            quality.DEAD_LETTER: usable[quality.DEAD_LETTER],
+            quality.COUNTS: usable[quality.COUNTS]}
+
+
+def _arm_statistics(table, decay: float):
+  """A usable request table -> ((experiment_id, arm), LinearStats) partials."""
+  requests = policy_requests.from_table(table)
+  for key, rows in policy_requests.groups(requests.experiment_id,
+                                          requests.arm):
+    yield key, linear.LinearStats.of(requests.x[rows], requests.reward[rows],
+                                     requests.ts[rows], decay)
+
+
+class LinearStatsCombineFn(beam.CombineFn):
+  """Merge one arm's LinearStats partials (decay-aware)."""
+
+  def __init__(self, decay: float, dim: int):
+    self._decay = decay
+    self._dim = dim
+
+  def create_accumulator(self):
+    return linear.LinearStats.empty(self._dim)
+
+  def add_input(self, accumulator, partial):
+    return accumulator.merge(partial, self._decay)
+
+  def merge_accumulators(self, accumulators):
+    return linear.merge_all(list(accumulators), self._decay, self._dim)
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+class LinearModels(beam.PTransform):
+  """Usable request tables -> (experiment_id, [ArmModel] in arm order)."""
+
+  def __init__(self, dim: int, ridge_lambda: float, decay: float = 1.0):
+    super().__init__()
+    self._dim = dim
+    self._ridge_lambda = ridge_lambda
+    self._decay = linear.check_decay(decay)
+
+  def expand(self, usable):
+    ridge_lambda = self._ridge_lambda
+    return (usable
+            | "PerArm" >> beam.FlatMap(_arm_statistics, self._decay)
+            | "CombinePerArm" >> beam.CombinePerKey(
+                LinearStatsCombineFn(self._decay, self._dim))
+            | "Ridge" >> beam.MapTuple(lambda key, stats: (
+                key[0], linear.ridge(stats, ridge_lambda, key[1])))
+            | "ByExperiment" >> beam.GroupByKey()
+            | "InArmOrder" >> beam.MapTuple(lambda experiment, models: (
+                experiment, sorted(models, key=lambda m: m.arm))))
+
+
+class ContextualState(beam.PTransform):
+  """Usable request tables -> (experiment_id, router_state `contextual` field)."""
+
+  def __init__(self, spec: policy_requests.ContextSpec, policy: str,
+               alpha: float, ridge_lambda: float, decay: float = 1.0,
+               epsilon: float = 0.0):
+    super().__init__()
+    if policy not in linear.POLICIES:
+      raise ValueError(f"contextual policy must be one of {linear.POLICIES}")
+    self._spec = spec
+    self._fields = dict(policy=policy, alpha=alpha, ridge_lambda=ridge_lambda,
+                        decay=decay, epsilon=epsilon,
+                        context_source=spec.source,
+                        context_features=spec.feature_names)
+
+  def expand(self, usable):
+    fields = self._fields
+    return (usable
+            | "LinearModels" >> LinearModels(self._spec.dim,
+                                             fields["ridge_lambda"],
+                                             fields["decay"])
+            | "StateFields" >> beam.MapTuple(lambda experiment, models: (
+                experiment, linear.state_fields(models, **fields))))
+
+
+def with_contextual(state: dict, contextual: dict | None) -> dict:
+  return dict(state, contextual=contextual)
+
+
+class AddContextualState(beam.PTransform):
+  """router_state rows + (experiment_id, contextual) -> rows with `contextual`."""
+
+  def __init__(self, contextual):
+    super().__init__()
+    self._contextual = contextual
+
+  def expand(self, router_states):
+    return (router_states
+            | "WithContextual" >> beam.Map(
+                lambda state, fields: with_contextual(
+                    state, fields.get(state["experiment_id"])),
+                beam.pvalue.AsDict(self._contextual)))
+
+
+# data_quality record type: requests of an experiment a target policy has no
+# state for (metric "TARGET:EXPERIMENT").
+NOT_EVALUATED = "policy_not_evaluated"
+
+
+class _PolicyValues(beam.DoFn):
+  """A usable request table -> ((experiment_id, target), ValueAccumulator) partials."""
+
+  def __init__(self, targets, replicates: int):
+    self._targets = targets
+    self._replicates = replicates
+
+  def process(self, table, models):
+    requests = policy_requests.from_table(table)
+    seeds = (estimators.request_seeds(requests.request_id)
+             if self._replicates else None)
+    for (experiment,), rows in policy_requests.groups(requests.experiment_id):
+      x = requests.x[rows]
+      logged_arms = requests.arm[rows]
+      reward_models = {m.arm: m for m in models.get(experiment, [])}
+      for target in self._targets:
+        if not target.covers(experiment):
+          # Visible in data_quality: the target's file has no state for it.
+          yield pvalue.TaggedOutput(quality.COUNTS, (
+              (NOT_EVALUATED, f"{target.name}:{experiment}"), len(rows)))
+          continue
+        arms = target.arms(experiment)
+        index = {arm: i for i, arm in enumerate(arms)}
+        names, inverse = np.unique(logged_arms, return_inverse=True)
+        logged = np.array([index.get(a, -1) for a in names],
+                          np.int64)[inverse]
+        probabilities = target.probabilities(experiment, x)
+        predicted = np.zeros((len(rows), len(arms)))
+        for i, arm in enumerate(arms):
+          if arm in reward_models:
+            predicted[:, i] = x @ reward_models[arm].theta
+        terms = estimators.terms(requests.reward[rows], logged,
+                                 requests.propensity[rows], probabilities,
+                                 predicted)
+        yield (experiment, target.name), estimators.ValueAccumulator(
+            len(arms), self._replicates).add(
+                logged, terms, probabilities,
+                None if seeds is None else seeds[rows])
+
+
+class ValueCombineFn(beam.CombineFn):
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, accumulator, partial):
+    return partial if accumulator is None else accumulator.merge(partial)
+
+  def merge_accumulators(self, accumulators):
+    total = None
+    for accumulator in accumulators:
+      if accumulator is not None:
+        total = self.add_input(total, accumulator)
+    return total
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def policy_value_rows(key, accumulator) -> list[dict]:
+  experiment, policy = key
+  return [dict(row, experiment_id=experiment, policy=policy)
+          for row in accumulator.estimates()]
+
+
+class EvaluatePolicies(beam.PTransform):
+  """Usable request tables (with propensity) -> {"rows": policy_value rows, COUNTS}.
+
+  `models`: (experiment_id, [ArmModel]) reward models of the direct method
+  and DR (an arm without one predicts 0). A target whose file has no state
+  for an experiment is counted in data_quality (`NOT_EVALUATED`).
+  """
+
+  def __init__(self, targets, models, replicates: int = 0):
+    super().__init__()
+    self._targets = tuple(targets)
+    self._models = models
+    self._replicates = replicates
+
+  def expand(self, usable):
+    partials = usable | "PerPolicy" >> beam.ParDo(
+        _PolicyValues(self._targets, self._replicates),
+        beam.pvalue.AsDict(self._models)).with_outputs(quality.COUNTS,
+                                                       main="partials")
+    rows = (partials.partials
+            | "CombinePerPolicy" >> beam.CombinePerKey(ValueCombineFn())
+            | "Rows" >> beam.FlatMapTuple(policy_value_rows))
+    return {"rows": rows, quality.COUNTS: partials[quality.COUNTS]}
