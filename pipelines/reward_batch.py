@@ -27,6 +27,8 @@ from transforms.io import schemas
 from transforms.io import sinks
 from transforms.attribution.attribution import AttributeRewards
 from transforms.logs.read_logs import ReadLogs
+from transforms.policy import evaluation as policy_evaluation
+from transforms.policy import requests as policy_requests
 
 
 class RewardBatchOptions(PipelineOptions):
@@ -68,6 +70,7 @@ class StatisticsOptions(PipelineOptions):
 
 
 OPTION_CLASSES = (RewardBatchOptions, AttributionOptions, StatisticsOptions,
+                  opts.ContextOptions, opts.ContextualPolicyOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
@@ -91,13 +94,34 @@ def statistics_config(pipeline_options) -> arm_table.StatisticsConfig:
       traffic_floor=statistics.traffic_floor)
 
 
+def contextual_router_state(pipeline_options):
+  """The ContextualRouterState step the options ask for, or None."""
+  policy = pipeline_options.view_as(opts.ContextualPolicyOptions)
+  context = pipeline_options.view_as(opts.ContextOptions)
+  spec = policy_requests.ContextSpec.parse(context.context_features,
+                                           context.context_dim)
+  if not policy.contextual_policy:
+    if spec:
+      raise ValueError("--context_features/--context_dim need "
+                       "--contextual_policy here")
+    return None
+  if not spec:
+    raise ValueError("--contextual_policy needs --context_features or "
+                     "--context_dim")
+  return policy_evaluation.ContextualRouterState(
+      spec, policy.contextual_policy, policy.policy_alpha,
+      context.ridge_lambda, context.decay, policy.policy_epsilon)
+
+
 class RewardAggregation(beam.PTransform):
   """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
 
   def __init__(self, predictions: str | None, feedback: str,
                attribution: rewards.AttributionConfig,
-               statistics: arm_table.StatisticsConfig, join_shards: int = 32):
+               statistics: arm_table.StatisticsConfig, join_shards: int = 32,
+               contextual=None):
     super().__init__()
+    self._contextual = contextual
     self._predictions = predictions
     self._feedback = feedback
     self._attribution = attribution
@@ -111,17 +135,26 @@ class RewardAggregation(beam.PTransform):
     predictions = None
     if self._predictions:
       predictions = pbegin | "ReadPredictions" >> ReadLogs(
-          self._predictions, contract.PREDICTION)
+          self._predictions, contract.PREDICTION,
+          self._contextual.extras if self._contextual else ())
       reads.append(predictions)
     tables = {"feedback": feedback.records}
     if predictions:
       tables["predictions"] = predictions.records
     attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
-                      self._attribution, self._join_shards))
+                      self._attribution, self._join_shards,
+                      self._contextual.extras if self._contextual else ()))
     statistics = (attributed["arm_totals"]
                   | "ExperimentStatistics" >>
                   experiments.ExperimentStatistics(self._statistics))
+    router_state = statistics[experiments.ROUTER_STATE]
+    if self._contextual:
+      contextual = ({"requests": attributed["requests"],
+                     "router_state": router_state}
+                    | "ContextualRouterState" >> self._contextual)
+      router_state = contextual["router_state"]
+      reads.append(contextual)
     dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
                     [attributed[quality.DEAD_LETTER]]
                     | "FlattenDeadLetters" >> beam.Flatten())
@@ -130,7 +163,7 @@ class RewardAggregation(beam.PTransform):
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
     return {"arm_stats": statistics.arm_stats,
-            "router_state": statistics[experiments.ROUTER_STATE],
+            "router_state": router_state,
             "dead_letter": dead_letters, "data_quality": counts}
 
 
@@ -145,7 +178,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
        | "RewardAggregation" >> RewardAggregation(
            inputs.predictions, inputs.feedback,
            attribution_config(pipeline_options, bool(inputs.predictions)),
-           statistics_config(pipeline_options), inputs.join_shards)
+           statistics_config(pipeline_options), inputs.join_shards,
+           contextual_router_state(pipeline_options))
        | "WriteOutputs" >> sinks.WriteTables(schemas.TABLES.values(), output))
 
 

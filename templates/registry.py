@@ -25,6 +25,7 @@ PIPELINES = {
     "reward_batch": Pipeline("pipelines.reward_batch"),
     "reward_streaming": Pipeline("pipelines.reward_streaming", streaming=True),
     "batch_inference": Pipeline("pipelines.batch_inference"),
+    "policy_evaluation": Pipeline("pipelines.policy_evaluation"),
 }
 
 

@@ -45,6 +45,12 @@ PARAMETERS = {
         model="logreg=gs://my-bucket/models/logreg.keras", num_features=8,
         output_dataset="my-project:online_eval",
         partition_date="2026-01-01"),
+    "policy_evaluation": dict(
+        predictions="gs://my-bucket/logs/predictions/dt=2026-01-01/*",
+        feedback="gs://my-bucket/logs/feedback/dt=2026-01-01/*",
+        context_features="age,score", target_policy="even=split:a=1,b=1",
+        output_dataset="my-project:online_eval",
+        partition_date="2026-01-01"),
 }
 # How each pipeline's arm_stats (or predictions) table reaches BigQuery.
 BIGQUERY_WRITES = {
@@ -54,6 +60,8 @@ BIGQUERY_WRITES = {
                         "_StreamToBigQuery",
     "batch_inference": "WriteOutputs/Write_predictions/WriteBigQuery/"
                        "BigQueryBatchFileLoads",
+    "policy_evaluation": "WriteOutputs/Write_policy_value/WriteBigQuery/"
+                         "BigQueryBatchFileLoads",
 }
 
 

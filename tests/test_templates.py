@@ -33,12 +33,17 @@ PARAMETERS = {
     "batch_inference": dict(features="features*.parquet",
                             model="logreg=models/logreg.keras",
                             num_features=8, output_dir="out"),
+    "policy_evaluation": dict(predictions="logs/predictions*.jsonl",
+                              feedback="logs/feedback*.jsonl", context_dim=4,
+                              target_policy="even=split:a=1,b=1",
+                              output_dir="out", bootstrap=50),
 }
 TOP_LEVEL_TRANSFORMS = {
     "reward_batch": {"RewardAggregation", "WriteOutputs"},
     "reward_streaming": {"Read_predictions", "Read_feedback",
                          "RewardStreaming", "WriteOutputs"},
     "batch_inference": {"BatchInference", "WriteOutputs"},
+    "policy_evaluation": {"PolicyEvaluation", "WriteOutputs"},
 }
 
 

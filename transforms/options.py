@@ -235,3 +235,11 @@ class ContextOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, CONTEXT_OPTIONS)
+
+
+class ContextualPolicyOptions(PipelineOptions):
+  """A contextual router state beside the context-free one."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, CONTEXTUAL_POLICY_OPTIONS)

@@ -137,22 +137,26 @@ class ArmCombineFn(beam.CombineFn):
 class AttributeRewards(beam.PTransform):
   """{"predictions", "feedback"} Arrow tables -> ((experiment_id, arm), ArmAccumulator).
 
-  Without "predictions", feedback carries its own experiment and arm.
+  Without "predictions", feedback carries its own experiment and arm. Also
+  "requests": the joined requests (with the prediction `extras`).
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
-  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32):
+  def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
+               extras=()):
     super().__init__()
     self._config = config
     self._num_shards = num_shards
+    self._extras = tuple(extras)
 
   def expand(self, tables):
     joined = tables | "JoinRequests" >> JoinRequests(self._config,
-                                                     self._num_shards)
+                                                     self._num_shards,
+                                                     self._extras)
     totals = (joined["requests"]
               | "PerArm" >> beam.FlatMap(rewards.per_arm,
                                          self._config.missing_reward)
               | "CombinePerArm" >> beam.CombinePerKey(ArmCombineFn()))
-    return {"arm_totals": totals,
+    return {"arm_totals": totals, "requests": joined["requests"],
             quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
             quality.COUNTS: joined[quality.COUNTS]}

@@ -23,6 +23,11 @@ from transforms.policy import linear
 from transforms.policy import requests as policy_requests
 
 
+# data_quality record type of the contexts a reward run reads besides its
+# rewards: read = counted + dead-lettered, on their own.
+CONTEXT = "context"
+
+
 class _Usable(beam.DoFn):
   """A joined request table -> a usable request table; dead letters, counts."""
 
@@ -35,24 +40,30 @@ class _Usable(beam.DoFn):
                                              self._with_propensity)
     if usable.size:
       yield policy_requests.to_table(usable)
+    # Off-policy evaluation leaves a rejected request out: the join counted
+    # it, it is dead-lettered instead. A reward run still counts its reward,
+    # so its contexts are balanced as a record type of their own.
+    record_type = contract.PREDICTION if self._with_propensity else CONTEXT
+    if record_type == CONTEXT:
+      yield pvalue.TaggedOutput(quality.COUNTS, ((CONTEXT, quality.READ),
+                                                 table.num_rows))
+    yield pvalue.TaggedOutput(quality.COUNTS, (
+        (record_type, rewards.COUNTED),
+        usable.size if record_type == CONTEXT else -len(usable.rejected)))
     for row, rejected in usable.rejected:
       yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
-          contract.PREDICTION, None, policy_requests.raw_record(row),
-          rejected))
-      # The join counted the request; it is dead-lettered instead.
-      yield pvalue.TaggedOutput(quality.COUNTS,
-                                ((contract.PREDICTION, rewards.COUNTED), -1))
+          record_type, None, policy_requests.raw_record(row), rejected))
       yield pvalue.TaggedOutput(quality.COUNTS, ((
-          contract.PREDICTION, quality.dead_letter_metric(rejected.reason)),
-                                                 1))
+          record_type, quality.dead_letter_metric(rejected.reason)), 1))
 
 
 class UsableRequests(beam.PTransform):
   """Joined request tables -> usable request tables (`policy_requests.to_table`).
 
   Tagged outputs: `quality.DEAD_LETTER` (a request without a usable
-  propensity or context), `quality.COUNTS` (moving it from counted to
-  dead-lettered, so data_quality still balances).
+  propensity or context), `quality.COUNTS`: with propensities (off-policy
+  evaluation) a rejected request moves from counted to dead-lettered; else
+  (a reward run's contexts) record type `CONTEXT` balances on its own.
   """
 
   def __init__(self, spec: policy_requests.ContextSpec | None,
@@ -168,6 +179,36 @@ class AddContextualState(beam.PTransform):
 # data_quality record type: requests of an experiment a target policy has no
 # state for (metric "TARGET:EXPERIMENT").
 NOT_EVALUATED = "policy_not_evaluated"
+
+
+class ContextualRouterState(beam.PTransform):
+  """{"requests": joined requests, "router_state": rows} -> rows with `contextual`.
+
+  Also dead letters and counts of the contexts (record type `CONTEXT`).
+  """
+
+  def __init__(self, spec: policy_requests.ContextSpec, policy: str,
+               alpha: float = 1.0, ridge_lambda: float = 1.0,
+               decay: float = 1.0, epsilon: float = 0.0):
+    super().__init__()
+    self._spec = spec
+    self._state = ContextualState(spec, policy, alpha, ridge_lambda, decay,
+                                  epsilon)
+
+  @property
+  def extras(self) -> tuple:
+    """The prediction extras it reads."""
+    return policy_requests.extras(self._spec, with_propensity=False)
+
+  def expand(self, inputs):
+    usable = inputs["requests"] | "UsableContexts" >> UsableRequests(
+        self._spec, with_propensity=False)
+    contextual = usable["requests"] | "ContextualState" >> self._state
+    states = inputs["router_state"] | "AddContextualState" >> (
+        AddContextualState(contextual))
+    return {"router_state": states,
+            quality.DEAD_LETTER: usable[quality.DEAD_LETTER],
+            quality.COUNTS: usable[quality.COUNTS]}
 
 
 class _PolicyValues(beam.DoFn):
