@@ -16,6 +16,7 @@ Run locally:
 from __future__ import annotations
 
 import logging
+import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -186,4 +187,7 @@ def run(argv=None):
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  run()
+  try:
+    run()
+  except ValueError as error:  # A bad option or target file: one clear line.
+    sys.exit(f"policy_evaluation: {error}")

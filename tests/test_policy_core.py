@@ -359,3 +359,11 @@ def test_confidence_intervals_cover_the_true_value():
   for name, count in covered.items():
     assert count / seeds >= 0.92, (name, count)
   assert np.mean(widths["dr"]) < np.mean(widths["ips"])
+
+
+def test_every_dead_letter_reason_is_documented():
+  import pathlib
+  docs = pathlib.Path(__file__).resolve().parents[1] / "docs" / "policy.md"
+  text = docs.read_text()
+  assert [r for r in policy_requests.DEAD_LETTER_REASONS
+          if f"`{r}`" not in text] == []
