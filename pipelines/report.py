@@ -76,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
       "--bigquery_emulator_host",
       help="Local BigQuery emulator endpoint (http://HOST:PORT).")
   parser.add_argument(
+      "--policy_input",
+      help="Where policy_evaluation wrote its policy_value table (a "
+      "directory or PROJECT:DATASET): adds the off-policy evaluation "
+      "section.")
+  parser.add_argument(
       "--expected_allocation",
       help="Planned traffic split arm=weight,... behind the expected shares "
       "of impressions (default: equal), as given to the pipeline.")
@@ -88,9 +93,16 @@ def run(argv=None) -> str:
   tables = load_tables(args.input, args.bigquery_emulator_host)
   if not tables["arm_stats"]:
     raise ValueError(f"no arm_stats rows in {args.input}")
+  policy_values = []
+  if args.policy_input:
+    policy_values = (read_bigquery_table(args.policy_input, "policy_value",
+                                         args.bigquery_emulator_host)
+                     if is_bigquery_dataset(args.policy_input) else
+                     read_file_table(args.policy_input, schemas.POLICY_VALUE))
   page = report_html.render_report(
       tables["arm_stats"], tables["router_state"], source=args.input,
-      expected_allocation=opts.parse_allocation(args.expected_allocation))
+      expected_allocation=opts.parse_allocation(args.expected_allocation),
+      policy_value_rows=policy_values)
   with FileSystems.create(args.out, mime_type="text/html") as f:
     f.write(page.encode("utf-8"))
   return args.out

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 import numpy as np
 import scipy.stats
 
+from reporting import policy_section
 from transforms.decisions import stats
 
 # Arm names are data: "$" in one must not switch matplotlib to math mode.
@@ -500,8 +501,8 @@ def _summary_html(anchors: Sequence[str],
 def render_report(arm_stats_rows: Iterable[Mapping],
                   router_state_rows: Iterable[Mapping] = (),
                   source: str | None = None,
-                  expected_allocation: Mapping[str, float] | None = None
-                  ) -> str:
+                  expected_allocation: Mapping[str, float] | None = None,
+                  policy_value_rows: Iterable[Mapping] = ()) -> str:
   """The HTML page of every experiment in the rows (its latest run).
 
   Args:
@@ -510,6 +511,7 @@ def render_report(arm_stats_rows: Iterable[Mapping],
     source: where the rows come from, named on the page.
     expected_allocation: the planned traffic weight per arm behind the
       expected shares of impressions; equal weights when None.
+    policy_value_rows: rows of the policy_value table (off-policy evaluation).
   """
   runs = latest_runs(arm_stats_rows, router_state_rows)
   anchors = [f"experiment-{i}" for i in range(len(runs))]
@@ -525,4 +527,5 @@ def render_report(arm_stats_rows: Iterable[Mapping],
       "(the run of its latest computed_at); earlier runs in the input are "
       "counted, not shown. Intervals are 95%.</p>",
       _summary_html(anchors, runs) if runs else "<p>No arm_stats rows.</p>",
-      *sections, "</body></html>\n"])
+      *sections, policy_section.render(policy_value_rows),
+      "</body></html>\n"])
