@@ -184,3 +184,12 @@ def test_bad_options_are_clear_errors(logs, tmp_path, argv, message):
         f"--predictions={logs['predictions']}",
         f"--feedback={logs['feedback']}", f"--output_dir={tmp_path}",
         "--runner=FnApiRunner", f"--target_policy={UNIFORM}", *argv])
+
+
+def test_the_demo_estimates_cover_the_true_values(tmp_path, capsys):
+  from pipelines import policy_demo
+  results = policy_demo.run_policy_demo(str(tmp_path), requests=8000)
+  for name, (dr, true_value) in results.items():
+    assert dr["ci_low"] <= true_value <= dr["ci_high"], name
+  assert results["linucb"][0]["ci_low"] > results["context_free"][0]["ci_high"]
+  assert "beats the context-free one" in capsys.readouterr().out
