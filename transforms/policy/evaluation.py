@@ -13,6 +13,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam import pvalue
 import numpy as np
+import pyarrow as pa
 
 from transforms.io import arrow_coder  # noqa: F401 (registers the coder)
 from transforms.logs import contract
@@ -224,7 +225,8 @@ class _PolicyValues(beam.DoFn):
              if self._replicates else None)
     for (experiment,), rows in policy_requests.groups(requests.experiment_id):
       x = requests.x[rows]
-      logged_arms = requests.arm[rows]
+      arm_codes, arm_names = policy_requests.codes(
+          requests.arm.take(pa.array(rows)))
       reward_models = {m.arm: m for m in models.get(experiment, [])}
       for target in self._targets:
         if not target.covers(experiment):
@@ -234,9 +236,8 @@ class _PolicyValues(beam.DoFn):
           continue
         arms = target.arms(experiment)
         index = {arm: i for i, arm in enumerate(arms)}
-        names, inverse = np.unique(logged_arms, return_inverse=True)
-        logged = np.array([index.get(a, -1) for a in names],
-                          np.int64)[inverse]
+        logged = np.array([index.get(a, -1) for a in arm_names],
+                          np.int64)[arm_codes]
         probabilities = target.probabilities(experiment, x)
         predicted = np.zeros((len(rows), len(arms)))
         for i, arm in enumerate(arms):

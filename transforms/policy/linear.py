@@ -117,9 +117,11 @@ def ridge(stats: LinearStats, ridge_lambda: float, arm: str = "") -> ArmModel:
 
 
 def _uncertainty(model: ArmModel, x: np.ndarray) -> np.ndarray:
-  """sqrt(x^T (A + lambda I)^-1 x) for each row of x."""
-  z = scipy.linalg.solve_triangular(model.cholesky, x.T, lower=True)
-  return np.sqrt(np.einsum("ij,ij->j", z, z))
+  """sqrt(x^T (A + lambda I)^-1 x) = |L^-1 x| for each row of x."""
+  inverse = scipy.linalg.solve_triangular(model.cholesky,
+                                          np.eye(len(model.theta)), lower=True)
+  z = x @ inverse.T
+  return np.sqrt(np.einsum("ij,ij->i", z, z))
 
 
 def expected_rewards(models: Sequence[ArmModel], x: np.ndarray) -> np.ndarray:

@@ -78,8 +78,8 @@ class ContextSpec:
 class PolicyRequests(NamedTuple):
   """The usable requests of a table, as arrays (one row each)."""
   request_id: pa.Array
-  experiment_id: np.ndarray  # object array of names
-  arm: np.ndarray  # object array of names
+  experiment_id: pa.Array  # strings
+  arm: pa.Array  # strings
   ts: np.ndarray
   reward: np.ndarray  # no counted feedback: 0
   propensity: np.ndarray | None  # None when not asked for
@@ -91,9 +91,10 @@ class PolicyRequests(NamedTuple):
     return len(self.ts)
 
   def take(self, rows: np.ndarray) -> "PolicyRequests":
+    indices = pa.array(rows, pa.int64())
     return PolicyRequests(
-        self.request_id.take(pa.array(rows, pa.int64())),
-        self.experiment_id[rows], self.arm[rows], self.ts[rows],
+        self.request_id.take(indices), self.experiment_id.take(indices),
+        self.arm.take(indices), self.ts[rows],
         self.reward[rows],
         None if self.propensity is None else self.propensity[rows],
         self.x[rows], [])
@@ -107,6 +108,11 @@ def extras(spec: ContextSpec | None, with_propensity: bool) -> tuple:
 
 def _numpy(column) -> np.ndarray:
   return column.to_numpy(zero_copy_only=False)
+
+
+def _array(column) -> pa.Array:
+  return column.combine_chunks() if isinstance(column,
+                                               pa.ChunkedArray) else column
 
 
 def _features(column, length: int):
@@ -203,10 +209,9 @@ def policy_requests(table: pa.Table, spec: ContextSpec | None,
     x = np.hstack([x, values])
   reward = _numpy(pc.fill_null(table["reward"], 0.0)).astype(np.float64)
   requests = PolicyRequests(
-      table["request_id"].combine_chunks() if isinstance(
-          table["request_id"], pa.ChunkedArray) else table["request_id"],
-      _numpy(table["experiment_id"].cast(pa.string())).astype(object),
-      _numpy(table["arm"].cast(pa.string())).astype(object),
+      _array(table["request_id"]),
+      _array(table["experiment_id"].cast(pa.string())),
+      _array(table["arm"].cast(pa.string())),
       _numpy(table["ts"]).astype(np.float64), reward, propensity, x, [])
   bad = np.flatnonzero(reasons != None)  # noqa: E711
   if not len(bad):
@@ -224,8 +229,8 @@ def to_table(requests: PolicyRequests) -> pa.Table:
   columns = {
       "request_id": requests.request_id,
       "ts": pa.array(requests.ts, pa.float64()),
-      "experiment_id": pa.array(requests.experiment_id, pa.string()),
-      "arm": pa.array(requests.arm, pa.string()),
+      "experiment_id": requests.experiment_id,
+      "arm": requests.arm,
       "reward": pa.array(requests.reward, pa.float64()),
       "x": pa.FixedSizeListArray.from_arrays(
           pa.array(requests.x.ravel(), pa.float64()), dim),
@@ -243,29 +248,39 @@ def from_table(table: pa.Table) -> PolicyRequests:
   propensity = (_numpy(table["propensity"]).astype(np.float64)
                 if "propensity" in table.column_names else None)
   return PolicyRequests(
-      table["request_id"].combine_chunks(),
-      _numpy(table["experiment_id"]).astype(object),
-      _numpy(table["arm"]).astype(object), _numpy(table["ts"]),
+      _array(table["request_id"]), _array(table["experiment_id"]),
+      _array(table["arm"]), _numpy(table["ts"]),
       _numpy(table["reward"]), propensity, x, [])
 
 
-def groups(*keys: np.ndarray):
+def codes(names: pa.Array) -> tuple[np.ndarray, list]:
+  """Strings -> (an integer code per row, the distinct strings)."""
+  encoded = pc.dictionary_encode(names)
+  return (_numpy(encoded.indices).astype(np.int64),
+          encoded.dictionary.to_pylist())
+
+
+def groups(*keys: pa.Array):
   """(key tuple, row indices) of each distinct combination of `keys`."""
   if not len(keys[0]):
     return
-  codes = []
+  combined = np.zeros(len(keys[0]), np.int64)
   names = []
   for key in keys:
-    uniques, code = np.unique(key, return_inverse=True)
-    names.append(uniques)
-    codes.append(code)
-  combined = np.zeros(len(keys[0]), np.int64)
-  for key_names, code in zip(names, codes):
-    combined = combined * len(key_names) + code
-  order = np.argsort(combined, kind="stable")
+    key_codes, key_names = codes(key)
+    combined = combined * len(key_names) + key_codes
+    names.append(key_names)
+  if combined.min() == combined.max():  # One group, as usual: no sort.
+    order = np.arange(len(combined))
+  else:
+    order = np.argsort(combined, kind="stable")
   sorted_codes = combined[order]
   starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
   for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
     rows = order[start:stop]
-    first = rows[0]
-    yield tuple(str(k[first]) for k in keys), rows
+    code = int(combined[rows[0]])
+    key = []
+    for key_names in reversed(names):
+      code, index = divmod(code, len(key_names))
+      key.append(key_names[index])
+    yield tuple(reversed(key)), rows
