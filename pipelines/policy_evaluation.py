@@ -33,6 +33,7 @@ from transforms.logs.read_logs import ReadLogs
 from transforms.policy import evaluation
 from transforms.policy import requests as policy_requests
 from transforms.policy import targets as policy_targets
+from transforms.scoring import inference
 
 
 class PolicyEvaluationOptions(PipelineOptions):
@@ -43,9 +44,16 @@ class PolicyEvaluationOptions(PipelineOptions):
                   "A policy to evaluate, NAME=KIND:ARGUMENT: split:a=1,b=2 "
                   "(a fixed split), router_state:FILE (its recommended "
                   "split), greedy:FILE, linucb:FILE or linear_thompson:FILE "
-                  "(its contextual state). Repeat for several.",
+                  "(its contextual state), keras:PATH#arm,arm,... (a Keras "
+                  "model: context in, a probability per arm out). Repeat "
+                  "for several.",
                   "Target policies", action="append", required=True,
                   regexes=(r"^[^=]+=[a-z_]+:.+$",)),
+      opts.Option("reward_model",
+                  "The direct method's and DR's reward model: a Keras "
+                  "model PATH#arm,arm,... (context in, a predicted reward "
+                  "per arm out). Default: the per-arm ridge models of the "
+                  "same logs.", "Reward model"),
       opts.Option("bootstrap",
                   "Poisson bootstrap replicates (per-request weights seeded "
                   "by the request id) for boot_ci_low/high; 0: none.",
@@ -80,6 +88,18 @@ def read_lines(file_pattern: str) -> list[str]:
   return lines
 
 
+def check_model_width(name: str, path: str,
+                      spec: policy_requests.ContextSpec | None) -> None:
+  """A Keras model must take the context this run reads (the intercept aside)."""
+  if spec is None:
+    raise ValueError(f"{name}: a Keras model needs a context: give "
+                     "--context_dim or --context_features")
+  width = inference.saved_input_width(path)
+  if width != spec.dim - 1:
+    raise ValueError(f"{name}: {path} takes {width} inputs, the context has "
+                     f"{spec.dim - 1}")
+
+
 def load_targets(texts, spec: policy_requests.ContextSpec | None,
                  experiment_id: str | None) -> list[policy_targets.Target]:
   dim = spec.dim if spec else 1
@@ -88,6 +108,10 @@ def load_targets(texts, spec: policy_requests.ContextSpec | None,
     if target_spec.kind == policy_targets.SPLIT:
       targets.append(policy_targets.fixed_split(target_spec.name,
                                                 target_spec.argument))
+    elif target_spec.kind == policy_targets.KERAS:
+      target = policy_targets.keras_target(target_spec)
+      check_model_width(f"target {target.name}", target.model_path, spec)
+      targets.append(target)
     else:
       targets.append(policy_targets.from_states(
           target_spec, read_lines(target_spec.argument), dim))
@@ -101,7 +125,8 @@ class PolicyEvaluation(beam.PTransform):
   def __init__(self, predictions: str, feedback: str, attribution,
                spec: policy_requests.ContextSpec | None, targets,
                ridge_lambda: float = 1.0, decay: float = 1.0,
-               bootstrap: int = 0, join_shards: int = 32):
+               bootstrap: int = 0, join_shards: int = 32,
+               reward_model: tuple | None = None):
     super().__init__()
     if attribution.missing_reward != "zero":
       raise ValueError("off-policy evaluation counts every logged request: "
@@ -115,6 +140,7 @@ class PolicyEvaluation(beam.PTransform):
     self._decay = decay
     self._bootstrap = bootstrap
     self._join_shards = join_shards
+    self._reward_model = reward_model
 
   def expand(self, pbegin):
     extras = policy_requests.extras(self._spec, with_propensity=True)
@@ -132,7 +158,8 @@ class PolicyEvaluation(beam.PTransform):
     models = usable["requests"] | "RewardModels" >> evaluation.LinearModels(
         dim, self._ridge_lambda, self._decay)
     values = usable["requests"] | "EvaluatePolicies" >> (
-        evaluation.EvaluatePolicies(self._targets, models, self._bootstrap))
+        evaluation.EvaluatePolicies(self._targets, models, self._bootstrap,
+                                    self._reward_model))
     stages = (predictions, feedback, joined, usable)
     dead_letters = ([s[quality.DEAD_LETTER] for s in stages]
                     | "FlattenDeadLetters" >> beam.Flatten())
@@ -157,11 +184,16 @@ def policy_evaluation(pipeline_options) -> PolicyEvaluation:
                                            context.context_dim)
   targets = load_targets(evaluation_options.target_policy, spec,
                          evaluation_options.experiment_id)
+  reward_model = None
+  if evaluation_options.reward_model:
+    reward_model = policy_targets.model_file("--reward_model",
+                                             evaluation_options.reward_model)
+    check_model_width("--reward_model", reward_model[0], spec)
   return PolicyEvaluation(
       inputs.predictions, inputs.feedback,
       reward_batch.attribution_config(pipeline_options, True), spec, targets,
       context.ridge_lambda, context.decay, evaluation_options.bootstrap,
-      inputs.join_shards)
+      inputs.join_shards, reward_model)
 
 
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:

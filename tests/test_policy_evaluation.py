@@ -193,3 +193,62 @@ def test_the_demo_estimates_cover_the_true_values(tmp_path, capsys):
     assert dr["ci_low"] <= true_value <= dr["ci_high"], name
   assert results["linucb"][0]["ci_low"] > results["context_free"][0]["ci_high"]
   assert "beats the context-free one" in capsys.readouterr().out
+
+
+def _keras_model(path, weights, bias, activation):
+  import keras
+  layer = keras.layers.Dense(len(bias), activation=activation)
+  model = keras.Sequential([keras.Input((len(weights),)), layer])
+  layer.set_weights([np.asarray(weights, np.float32),
+                     np.asarray(bias, np.float32)])
+  model.save(path)
+  return str(path)
+
+
+def test_keras_target_policy_and_reward_model(logs, tmp_path):
+  policy_weights, policy_bias = [[2.0, -2.0, 0.0], [0.0, 0.0, 2.0]], [0, 0, 0]
+  reward_weights = [[0.3, -0.3, 0.0], [0.0, 0.0, 0.35]]
+  reward_bias = [0.45, 0.5, 0.4]
+  policy = _keras_model(tmp_path / "policy.keras", policy_weights,
+                        policy_bias, "softmax")
+  # Outputs in the order c, a, b: the arms are matched by name.
+  order = [2, 0, 1]
+  reward = _keras_model(tmp_path / "reward.keras",
+                        np.asarray(reward_weights)[:, order],
+                        np.asarray(reward_bias)[order], None)
+  out = tmp_path / "out"
+  policy_evaluation.run([
+      f"--predictions={logs['predictions']}", f"--feedback={logs['feedback']}",
+      "--context_dim=2", f"--target_policy=net=keras:{policy}#arm-a,arm-b,arm-c",
+      f"--reward_model={reward}#arm-c,arm-a,arm-b", "--bootstrap=0",
+      f"--output_dir={out}", "--runner=FnApiRunner"])
+  values = {r["estimator"]: r for r in _read(out, "policy_value")}
+  logged = logs["logged"]
+  contexts = np.round(logged.contexts, 6).astype(np.float32).astype(float)
+  logits = contexts @ np.asarray(policy_weights)
+  target = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  predicted = contexts @ np.asarray(reward_weights) + reward_bias
+  terms = estimators.terms(logged.reward, logged.arm, logged.propensity,
+                           target, predicted)
+  expected = {r["estimator"]: r for r in estimators.ValueAccumulator(3).add(
+      logged.arm, terms, target).estimates()}
+  for estimator, row in expected.items():
+    # The models compute in float32.
+    assert values[estimator]["value"] == pytest.approx(row["value"],
+                                                       abs=1e-6), estimator
+  env = logs["env"]
+  true_value = env.true_value(lambda c: np.exp(c @ np.asarray(policy_weights))
+                              / np.exp(c @ np.asarray(policy_weights)).sum(
+                                  axis=1, keepdims=True))
+  assert values["dr"]["ci_low"] <= true_value <= values["dr"]["ci_high"]
+
+
+def test_a_keras_model_of_another_width_is_refused(logs, tmp_path):
+  policy = _keras_model(tmp_path / "wide.keras", np.zeros((3, 3)),
+                        np.zeros(3), "softmax")
+  with pytest.raises(ValueError, match="takes 3 inputs, the context has 2"):
+    policy_evaluation.run([
+        f"--predictions={logs['predictions']}",
+        f"--feedback={logs['feedback']}", "--context_dim=2",
+        f"--target_policy=net=keras:{policy}#arm-a,arm-b,arm-c",
+        f"--output_dir={tmp_path / 'out'}", "--runner=FnApiRunner"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.ml.inference import base as ml_base
 import numpy as np
 import pyarrow as pa
 
@@ -22,6 +23,8 @@ from transforms.attribution import rewards
 from transforms.policy import estimators
 from transforms.policy import linear
 from transforms.policy import requests as policy_requests
+from transforms.scoring import features
+from transforms.scoring import inference
 
 
 # data_quality record type of the contexts a reward run reads besides its
@@ -212,14 +215,67 @@ class ContextualRouterState(beam.PTransform):
             quality.COUNTS: usable[quality.COUNTS]}
 
 
-class _PolicyValues(beam.DoFn):
-  """A usable request table -> ((experiment_id, target), ValueAccumulator) partials."""
+# The name the reward model's outputs go by among a table's model scores.
+REWARD_MODEL = "reward_model"
 
-  def __init__(self, targets, replicates: int):
+
+def _context_batch(table):
+  """A usable request table -> (table, FeatureBatch of its contexts)."""
+  x = policy_requests.from_table(table).x
+  return table, features.FeatureBatch(table["request_id"].combine_chunks(),
+                                      x[:, 1:].astype(np.float32))
+
+
+class ScoreContexts(beam.PTransform):
+  """Usable request tables -> (table, {model name: outputs (rows, k)}).
+
+  The Keras models score each table's contexts (without the intercept)
+  through RunInference with batch inference's shared model handler: loaded
+  once per worker process and shared by its threads.
+  """
+
+  def __init__(self, model_paths: dict):
+    super().__init__()
+    self._model_paths = dict(model_paths)
+
+  def expand(self, usable):
+    if not self._model_paths:
+      return usable | "NoModels" >> beam.Map(lambda table: (table, {}))
+    handler = ml_base.KeyedModelHandler(
+        inference.KerasModelsHandler(self._model_paths))
+    return (usable
+            | "Contexts" >> beam.Map(_context_batch)
+            | "RunInference" >> ml_base.RunInference(handler)
+            | "Outputs" >> beam.MapTuple(lambda table, scored: (
+                table, scored.outputs)))
+
+
+def _reward_predictions(x, arms, reward_models, scores, reward_model_arms):
+  """(rows, arms): the reward model's prediction for each target arm."""
+  predicted = np.zeros((len(x), len(arms)))
+  if reward_model_arms:
+    column = {arm: i for i, arm in enumerate(reward_model_arms)}
+    output = scores[REWARD_MODEL]
+    for i, arm in enumerate(arms):
+      if arm in column:
+        predicted[:, i] = output[:, column[arm]]
+    return predicted
+  for i, arm in enumerate(arms):
+    if arm in reward_models:
+      predicted[:, i] = x @ reward_models[arm].theta
+  return predicted
+
+
+class _PolicyValues(beam.DoFn):
+  """(usable request table, model scores) -> ((experiment_id, target), ValueAccumulator) partials."""
+
+  def __init__(self, targets, replicates: int, reward_model_arms: tuple):
     self._targets = targets
     self._replicates = replicates
+    self._reward_model_arms = reward_model_arms
 
-  def process(self, table, models):
+  def process(self, element, models):
+    table, all_scores = element
     requests = policy_requests.from_table(table)
     seeds = (estimators.request_seeds(requests.request_id)
              if self._replicates else None)
@@ -238,11 +294,10 @@ class _PolicyValues(beam.DoFn):
         index = {arm: i for i, arm in enumerate(arms)}
         logged = np.array([index.get(a, -1) for a in arm_names],
                           np.int64)[arm_codes]
-        probabilities = target.probabilities(experiment, x)
-        predicted = np.zeros((len(rows), len(arms)))
-        for i, arm in enumerate(arms):
-          if arm in reward_models:
-            predicted[:, i] = x @ reward_models[arm].theta
+        scores = {name: output[rows] for name, output in all_scores.items()}
+        probabilities = target.probabilities(experiment, x, scores)
+        predicted = _reward_predictions(x, arms, reward_models, scores,
+                                        self._reward_model_arms)
         terms = estimators.terms(requests.reward[rows], logged,
                                  requests.propensity[rows], probabilities,
                                  predicted)
@@ -281,21 +336,34 @@ class EvaluatePolicies(beam.PTransform):
   """Usable request tables (with propensity) -> {"rows": policy_value rows, COUNTS}.
 
   `models`: (experiment_id, [ArmModel]) reward models of the direct method
-  and DR (an arm without one predicts 0). A target whose file has no state
-  for an experiment is counted in data_quality (`NOT_EVALUATED`).
+  and DR (an arm without one predicts 0), unless `reward_model` (PATH,
+  arms) names a Keras model predicting each arm's reward from the context.
+  Keras targets and the Keras reward model score the contexts first
+  (`ScoreContexts`). A target whose file has no state for an experiment is
+  counted in data_quality (`NOT_EVALUATED`).
   """
 
-  def __init__(self, targets, models, replicates: int = 0):
+  def __init__(self, targets, models, replicates: int = 0,
+               reward_model: tuple | None = None):
     super().__init__()
     self._targets = tuple(targets)
     self._models = models
     self._replicates = replicates
+    self._reward_model = reward_model
 
   def expand(self, usable):
-    partials = usable | "PerPolicy" >> beam.ParDo(
-        _PolicyValues(self._targets, self._replicates),
-        beam.pvalue.AsDict(self._models)).with_outputs(quality.COUNTS,
-                                                       main="partials")
+    model_paths = {t.name: t.model_path for t in self._targets
+                   if t.model_arms}
+    reward_model_arms = ()
+    if self._reward_model:
+      model_paths[REWARD_MODEL], reward_model_arms = self._reward_model
+    partials = (usable
+                | "ScoreContexts" >> ScoreContexts(model_paths)
+                | "PerPolicy" >> beam.ParDo(
+                    _PolicyValues(self._targets, self._replicates,
+                                  reward_model_arms),
+                    beam.pvalue.AsDict(self._models)).with_outputs(
+                        quality.COUNTS, main="partials"))
     rows = (partials.partials
             | "CombinePerPolicy" >> beam.CombinePerKey(ValueCombineFn())
             | "Rows" >> beam.FlatMapTuple(policy_value_rows))

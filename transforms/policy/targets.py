@@ -10,6 +10,8 @@ Pure (numpy, no Beam). A target is named on the command line as
                           the contextual state of a router_state file,
                           acting greedily, by LinUCB or by linear Thompson
                           sampling (its alpha and epsilon)
+  keras:PATH#a,b,c        a Keras model: context (without the intercept) in,
+                          one probability per arm (in the order given) out
 
 The pipeline reads the files; this module turns their router states into
 `Target`s. A file is checked when loaded: every line a router state, the
@@ -28,7 +30,8 @@ from transforms.policy import linear
 
 SPLIT = "split"
 ROUTER_STATE = "router_state"
-KINDS = (SPLIT, ROUTER_STATE) + linear.POLICIES
+KERAS = "keras"
+KINDS = (SPLIT, ROUTER_STATE, KERAS) + linear.POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,6 @@ class TargetSpec:
   kind: str
   argument: str
 
-  @property
-  def reads_file(self) -> bool:
-    return self.kind != SPLIT
 
 
 def parse_spec(text: str) -> TargetSpec:
@@ -76,19 +76,30 @@ class Target:
   policy: str = ""
   alpha: float = 1.0
   epsilon: float = 0.0
+  # A Keras model's file and the arm of each of its outputs.
+  model_path: str = ""
+  model_arms: tuple = ()
 
   def covers(self, experiment_id: str) -> bool:
-    return bool(self.split) or experiment_id in self.splits or (
-        experiment_id in self.models)
+    return bool(self.split or self.model_arms) or (
+        experiment_id in self.splits) or experiment_id in self.models
 
   def arms(self, experiment_id: str) -> list[str]:
+    if self.model_arms:
+      return list(self.model_arms)
     if self.models:
       return [m.arm for m in self.models[experiment_id]]
     split = self.split or self.splits[experiment_id]
     return [arm for arm, _ in split]
 
-  def probabilities(self, experiment_id: str, x: np.ndarray) -> np.ndarray:
-    """(n, arms) for contexts x (n, dim), arms in `arms(experiment_id)` order."""
+  def probabilities(self, experiment_id: str, x: np.ndarray,
+                    scores: Mapping | None = None) -> np.ndarray:
+    """(n, arms) for contexts x (n, dim), arms in `arms(experiment_id)` order.
+
+    `scores`: model name -> its outputs for these rows (Keras targets).
+    """
+    if self.model_arms:
+      return model_probabilities(self.name, scores[self.name])
     if self.models:
       return linear.action_probabilities(self.models[experiment_id], x,
                                          self.policy, self.alpha,
@@ -96,6 +107,31 @@ class Target:
     split = self.split or self.splits[experiment_id]
     shares = np.array([share for _, share in split])
     return np.broadcast_to(shares, (len(x), len(shares)))
+
+
+def model_file(name: str, argument: str) -> tuple[str, tuple]:
+  """`PATH#a,b,c` -> (PATH, ("a", "b", "c")): a model and its outputs' arms."""
+  path, _, arms = argument.rpartition("#")
+  names = tuple(a.strip() for a in arms.split(","))
+  if not path or "" in names or len(set(names)) != len(names):
+    raise ValueError(f"{name}: a Keras model is PATH#arm,arm,... with "
+                     f"distinct arms: {argument!r}")
+  return path, names
+
+
+def keras_target(spec: TargetSpec) -> Target:
+  path, arms = model_file(f"target {spec.name}", spec.argument)
+  return Target(spec.name, model_path=path, model_arms=arms)
+
+
+def model_probabilities(name: str, output: np.ndarray) -> np.ndarray:
+  """A model's outputs as action probabilities: negatives are 0, rows sum to 1."""
+  output = np.clip(np.asarray(output, np.float64), 0.0, None)
+  total = output.sum(axis=1, keepdims=True)
+  if np.any(~(total > 0)) or not np.all(np.isfinite(total)):
+    raise ValueError(f"target {name}: the model gave a context no positive "
+                     "finite probability")
+  return output / total
 
 
 def fixed_split(name: str, text: str) -> Target:
