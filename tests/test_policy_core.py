@@ -116,7 +116,7 @@ def test_an_arm_the_target_does_not_know_has_weight_zero():
   assert list(t.weight) == [0.0, 2.0]
 
 
-def test_bootstrap_does_not_depend_on_batching_or_order():
+def test_value_sums_and_bootstrap_do_not_depend_on_batching_or_order():
   rng = np.random.default_rng(3)
   data = _random_logs(rng, n=300)
   ids = [f"req-{i}" for i in range(300)]
@@ -127,6 +127,9 @@ def test_bootstrap_does_not_depend_on_batching_or_order():
     for i in order[1:]:
       total = total.merge(parts[i])
     np.testing.assert_allclose(total.boot, one.boot, rtol=1e-12)
+    np.testing.assert_allclose(total.sums, one.sums, rtol=1e-12)
+    np.testing.assert_array_equal(total.played, one.played)
+    assert total.max_weight == one.max_weight
   rows = one.estimates()
   assert all(r["boot_ci_low"] < r["value"] < r["boot_ci_high"] for r in rows)
 

@@ -252,3 +252,34 @@ def test_a_keras_model_of_another_width_is_refused(logs, tmp_path):
         f"--feedback={logs['feedback']}", "--context_dim=2",
         f"--target_policy=net=keras:{policy}#arm-a,arm-b,arm-c",
         f"--output_dir={tmp_path / 'out'}", "--runner=FnApiRunner"])
+
+
+def test_contextual_state_and_policy_values_through_the_bigquery_emulator(
+    bq_emulator, logs, tmp_path):
+  from transforms.io import bigquery
+  emulator, project = bq_emulator
+  common = [f"--predictions={logs['predictions']}",
+            f"--feedback={logs['feedback']}", "--context_dim=2",
+            f"--bigquery_emulator_host={emulator.host}",
+            "--partition_date=2026-11-21", "--runner=FnApiRunner"]
+  reward_batch.run(common + [f"--output_dataset={project}:contextual_it",
+                             "--contextual_policy=linear_thompson",
+                             f"--output_dir={tmp_path / 'state'}"])
+  client = bigquery.bigquery_client(project, emulator.host)
+  [state] = bigquery.read_rows(client, project, "contextual_it",
+                               "router_state")
+  [from_file] = _read(tmp_path / "state", "router_state")
+  for got, want in zip(state["contextual"]["arms"],
+                       from_file["contextual"]["arms"]):
+    assert got["arm"] == want["arm"]
+    np.testing.assert_allclose(got["theta"], want["theta"], rtol=1e-12)
+    np.testing.assert_allclose(got["cholesky"], want["cholesky"], rtol=1e-12)
+  assert state["contextual"]["policy"] == "linear_thompson"
+
+  policy_evaluation.run(common + [
+      f"--output_dataset={project}:policy_it", f"--target_policy={UNIFORM}",
+      "--bootstrap=10"])
+  rows = bigquery.read_rows(client, project, "policy_it", "policy_value")
+  assert sorted(r["estimator"] for r in rows) == sorted(
+      estimators.ESTIMATORS)
+  assert all(r["policy"] == "uniform" and r["n"] == 2000 for r in rows)
