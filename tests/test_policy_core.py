@@ -370,3 +370,15 @@ def test_every_dead_letter_reason_is_documented():
   text = docs.read_text()
   assert [r for r in policy_requests.DEAD_LETTER_REASONS
           if f"`{r}`" not in text] == []
+
+
+def test_arms_are_aged_to_the_experiments_newest_request():
+  x = np.ones((2, 1))
+  old = linear.LinearStats.of(x, np.ones(2), np.zeros(2), decay=0.5)
+  new = linear.LinearStats.of(x, np.ones(2), np.full(2, 2 * linear.DAY_S),
+                              decay=0.5)
+  models = linear.experiment_models([("new", new), ("old", old)], 1.0, 0.5)
+  assert [m.arm for m in models] == ["new", "old"]
+  assert models[0].n == pytest.approx(2.0)
+  assert models[1].n == pytest.approx(0.5)  # two days old: 0.5^2 each
+  np.testing.assert_allclose(models[1].theta, [0.5 / 1.5])

@@ -124,16 +124,17 @@ class LinearModels(beam.PTransform):
     self._decay = linear.check_decay(decay)
 
   def expand(self, usable):
-    ridge_lambda = self._ridge_lambda
+    ridge_lambda, decay = self._ridge_lambda, self._decay
     return (usable
-            | "PerArm" >> beam.FlatMap(_arm_statistics, self._decay)
+            | "PerArm" >> beam.FlatMap(_arm_statistics, decay)
             | "CombinePerArm" >> beam.CombinePerKey(
-                LinearStatsCombineFn(self._decay, self._dim))
-            | "Ridge" >> beam.MapTuple(lambda key, stats: (
-                key[0], linear.ridge(stats, ridge_lambda, key[1])))
-            | "ByExperiment" >> beam.GroupByKey()
-            | "InArmOrder" >> beam.MapTuple(lambda experiment, models: (
-                experiment, sorted(models, key=lambda m: m.arm))))
+                LinearStatsCombineFn(decay, self._dim))
+            | "ByExperiment" >> beam.MapTuple(lambda key, stats: (
+                key[0], (key[1], stats)))
+            | "GroupArms" >> beam.GroupByKey()
+            | "Ridge" >> beam.MapTuple(lambda experiment, arms: (
+                experiment, linear.experiment_models(arms, ridge_lambda,
+                                                     decay))))
 
 
 class ContextualState(beam.PTransform):

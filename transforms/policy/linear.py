@@ -116,6 +116,19 @@ def ridge(stats: LinearStats, ridge_lambda: float, arm: str = "") -> ArmModel:
   return ArmModel(arm, theta, lower, stats.n, stats.count)
 
 
+def experiment_models(arms, ridge_lambda: float,
+                      decay: float = 1.0) -> list[ArmModel]:
+  """(arm, LinearStats) of one experiment -> its ridge models in arm order.
+
+  Every arm is aged to the experiment's newest request first, so an arm
+  that has not been served lately loses weight (and gains uncertainty).
+  """
+  arms = sorted(arms, key=lambda pair: pair[0])
+  newest = max(stats.ts_ref for _, stats in arms)
+  return [ridge(stats.aged(newest, decay), ridge_lambda, arm)
+          for arm, stats in arms]
+
+
 def _uncertainty(model: ArmModel, x: np.ndarray) -> np.ndarray:
   """sqrt(x^T (A + lambda I)^-1 x) = |L^-1 x| for each row of x."""
   inverse = scipy.linalg.solve_triangular(model.cholesky,
