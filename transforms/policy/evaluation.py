@@ -44,21 +44,23 @@ class _Usable(beam.DoFn):
                                              self._with_propensity)
     if usable.size:
       yield policy_requests.to_table(usable)
-    # Off-policy evaluation leaves a rejected request out: the join counted
-    # it, it is dead-lettered instead. A reward run still counts its reward,
-    # so its contexts are balanced as a record type of their own.
-    record_type = contract.PREDICTION if self._with_propensity else CONTEXT
-    if record_type == CONTEXT:
-      yield pvalue.TaggedOutput(quality.COUNTS, ((CONTEXT, quality.READ),
-                                                 table.num_rows))
-    yield pvalue.TaggedOutput(quality.COUNTS, (
-        (record_type, rewards.COUNTED),
-        usable.size if record_type == CONTEXT else -len(usable.rejected)))
+    if self._with_propensity:
+      # Off-policy evaluation leaves a rejected request out: the join
+      # counted it, it is dead-lettered instead.
+      record_type = contract.PREDICTION
+      counts = {rewards.COUNTED: -len(usable.rejected)}
+    else:
+      # A reward run still counts the request's reward: its context balances
+      # as a record type of its own.
+      record_type = CONTEXT
+      counts = {quality.READ: table.num_rows, rewards.COUNTED: usable.size}
     for row, rejected in usable.rejected:
       yield pvalue.TaggedOutput(quality.DEAD_LETTER, quality.dead_letter(
           record_type, None, policy_requests.raw_record(row), rejected))
-      yield pvalue.TaggedOutput(quality.COUNTS, ((
-          record_type, quality.dead_letter_metric(rejected.reason)), 1))
+      metric = quality.dead_letter_metric(rejected.reason)
+      counts[metric] = counts.get(metric, 0) + 1
+    for metric, count in counts.items():
+      yield pvalue.TaggedOutput(quality.COUNTS, ((record_type, metric), count))
 
 
 class UsableRequests(beam.PTransform):
@@ -162,10 +164,6 @@ class ContextualState(beam.PTransform):
                 experiment, linear.state_fields(models, **fields))))
 
 
-def with_contextual(state: dict, contextual: dict | None) -> dict:
-  return dict(state, contextual=contextual)
-
-
 class AddContextualState(beam.PTransform):
   """router_state rows + (experiment_id, contextual) -> rows with `contextual`."""
 
@@ -176,14 +174,9 @@ class AddContextualState(beam.PTransform):
   def expand(self, router_states):
     return (router_states
             | "WithContextual" >> beam.Map(
-                lambda state, fields: with_contextual(
-                    state, fields.get(state["experiment_id"])),
+                lambda state, fields: dict(
+                    state, contextual=fields.get(state["experiment_id"])),
                 beam.pvalue.AsDict(self._contextual)))
-
-
-# data_quality record type: requests of an experiment a target policy has no
-# state for (metric "TARGET:EXPERIMENT").
-NOT_EVALUATED = "policy_not_evaluated"
 
 
 class ContextualRouterState(beam.PTransform):
@@ -216,6 +209,9 @@ class ContextualRouterState(beam.PTransform):
             quality.COUNTS: usable[quality.COUNTS]}
 
 
+# data_quality record type: requests of an experiment a target policy has no
+# state for (metric "TARGET:EXPERIMENT").
+NOT_EVALUATED = "policy_not_evaluated"
 # The name the reward model's outputs go by among a table's model scores.
 REWARD_MODEL = "reward_model"
 
