@@ -281,13 +281,14 @@ def test_attributes_are_parsed_as_numbers():
       _row(0), _row(1, attributes=[("age", "x"), ("score", "1")]),
       _row(2, attributes=[("score", "1")]),
       _row(3, attributes=[("age", "NaN"), ("score", "1")]),
-      _row(4, attributes=[("age", "1e3"), ("score", "-2")])])
+      _row(4, attributes=[("age", "1e3"), ("score", "-2")]),
+      _row(5, attributes=[("age", "true"), ("score", "1")])])
   spec = policy_requests.ContextSpec.parse("age,score", None)
   usable = policy_requests.policy_requests(table, spec, False)
   np.testing.assert_array_equal(usable.x, [[1, 31, 0.5], [1, 1000, -2]])
   assert [r.reason for _, r in usable.rejected] == [
       policy_requests.CONTEXT_NOT_NUMERIC, policy_requests.MISSING_CONTEXT,
-      policy_requests.CONTEXT_NOT_NUMERIC]
+      policy_requests.CONTEXT_NOT_NUMERIC, policy_requests.CONTEXT_NOT_NUMERIC]
 
 
 def test_target_specs_and_their_errors():

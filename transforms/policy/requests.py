@@ -135,8 +135,11 @@ def _features(column, length: int):
 def _number(text: str | None) -> float:
   """An attribute's text as a finite number, else NaN."""
   try:
-    value = float(json.loads(text))
-  except (TypeError, ValueError, OverflowError):
+    parsed = json.loads(text)
+    if isinstance(parsed, bool):  # true/false are not numbers here
+      return math.nan
+    value = float(parsed)
+  except (TypeError, ValueError, OverflowError, RecursionError):
     return math.nan
   return value if math.isfinite(value) else math.nan
 
