@@ -310,6 +310,9 @@ def test_target_specs_and_their_errors():
       targets.parse_spec("rec=router_state:s.json"), [json.dumps(state)], 1)
   with pytest.raises(ValueError, match="no state for experiment mine"):
     targets.check_experiment([from_file], "mine")
+  with pytest.raises(ValueError, match="s.json is not a router_state file"):
+    targets.from_states(targets.parse_spec("x=router_state:s.json"),
+                        ["arm,impressions"], 1)
   with pytest.raises(ValueError, match="no contextual part"):
     targets.from_states(targets.parse_spec("ctx=linucb:s.json"),
                         [json.dumps(state)], 3)

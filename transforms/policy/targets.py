@@ -155,7 +155,11 @@ def fixed_split(name: str, text: str) -> Target:
 def from_states(spec: TargetSpec, lines: Sequence[str],
                 context_dim: int) -> Target:
   """A target from the lines of its router_state file(s)."""
-  states = [router_state.from_json(line) for line in lines if line.strip()]
+  try:
+    states = [router_state.from_json(line) for line in lines if line.strip()]
+  except ValueError as error:
+    raise ValueError(f"target {spec.name}: {spec.argument} is not a "
+                     f"router_state file ({error})") from None
   if not states:
     raise ValueError(f"target {spec.name}: {spec.argument} holds no router "
                      "state")
