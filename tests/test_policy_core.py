@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.special
 
 from simulation import contextual
 from transforms.logs import contract
@@ -386,3 +387,27 @@ def test_arms_are_aged_to_the_experiments_newest_request():
   assert models[0].n == pytest.approx(2.0)
   assert models[1].n == pytest.approx(0.5)  # two days old: 0.5^2 each
   np.testing.assert_allclose(models[1].theta, [0.5 / 1.5])
+
+
+@pytest.mark.parametrize("ratio", [1.5, 10, 100, 1000])
+def test_linear_thompson_probabilities_equal_a_fine_integral(ratio):
+  """Arms whose score spreads differ by up to `ratio`."""
+  rng = np.random.default_rng(int(ratio))
+  mean = rng.normal(size=(40, 3)) * 0.05
+  scale = 0.01 * np.exp(rng.uniform(0, math.log(ratio), size=(40, 3)))
+  got = linear.thompson_probabilities(mean, scale)
+  for row in range(40):
+    low = np.min(mean[row] - 9 * scale[row])
+    high = np.max(mean[row] + 9 * scale[row])
+    s = np.linspace(low, high, 400_001)
+    densities = [np.exp(-0.5 * ((s - m) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+                 for m, sd in zip(mean[row], scale[row])]
+    cdfs = [0.5 * scipy.special.erfc(-(s - m) / (sd * math.sqrt(2)))
+            for m, sd in zip(mean[row], scale[row])]
+    expected = []
+    for k in range(3):
+      integrand = densities[k] * np.prod([cdfs[j] for j in range(3) if j != k],
+                                         axis=0)
+      expected.append(np.trapezoid(integrand, s))
+    np.testing.assert_allclose(got[row], np.array(expected) / sum(expected),
+                               atol=2e-6)

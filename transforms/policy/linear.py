@@ -21,12 +21,20 @@ import scipy.special
 
 DAY_S = 86_400.0
 POLICIES = ("greedy", "linucb", "linear_thompson")
-# Gauss-Hermite nodes of the linear Thompson sampling probabilities.
-_QUADRATURE_NODES = 48
-# A score spread below this (relative to 1) is treated as this: alpha = 0
-# makes Thompson sampling greedy, which the quadrature still handles.
+# Linear Thompson sampling probabilities by composite Gauss-Legendre
+# quadrature: an arm's score density and CDF change fastest within a few
+# spreads of its mean, so each row's nodes lie between the breakpoints
+# mean_k + c * scale_k of every arm (accurate to about 1e-6 however different
+# the arms' spreads are; one Gauss-Hermite rule around the served arm erred by
+# up to 0.03 when another arm's spread was 10-100 times narrower).
+THOMPSON_BREAKS = (-6.0, -3.0, -1.5, 0.0, 1.5, 3.0, 6.0)
+THOMPSON_NODES_PER_PIECE = 4
+_LEGENDRE_NODES, _LEGENDRE_WEIGHTS = np.polynomial.legendre.leggauss(
+    THOMPSON_NODES_PER_PIECE)
+_THOMPSON_CHUNK_ROWS = 4096
+# A score spread below this is treated as this: alpha = 0 makes Thompson
+# sampling greedy, which the quadrature still handles.
 _MIN_SCALE = 1e-12
-
 
 @dataclasses.dataclass
 class LinearStats:
@@ -152,21 +160,36 @@ def _argmax_one_hot(scores: np.ndarray) -> np.ndarray:
 def thompson_probabilities(mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
   """P(arm k has the highest score) for independent normal scores.
 
-  mean, scale: (n, arms). P_k = E[prod_{j != k} Phi((S_k - mean_j) / scale_j)]
-  with S_k ~ N(mean_k, scale_k), by Gauss-Hermite quadrature; rows sum to 1.
+  mean, scale: (n, arms). P_k = integral of phi_k(s) prod_{j != k} Phi_j(s)
+  ds, by composite Gauss-Legendre quadrature (`THOMPSON_BREAKS`); rows sum
+  to 1.
   """
-  nodes, weights = np.polynomial.hermite.hermgauss(_QUADRATURE_NODES)
   scale = np.maximum(scale, _MIN_SCALE)
+  return np.concatenate([
+      _thompson_rows(mean[start:start + _THOMPSON_CHUNK_ROWS],
+                     scale[start:start + _THOMPSON_CHUNK_ROWS])
+      for start in range(0, len(mean), _THOMPSON_CHUNK_ROWS)
+  ]) if len(mean) else np.zeros(mean.shape)
+
+
+def _thompson_rows(mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
   n, arms = mean.shape
+  breaks = np.sort((mean[:, :, None] + scale[:, :, None] *
+                    np.asarray(THOMPSON_BREAKS)).reshape(n, -1), axis=1)
+  half = (breaks[:, 1:] - breaks[:, :-1]) / 2
+  nodes = (breaks[:, :-1] + half)[..., None] + half[..., None] * _LEGENDRE_NODES
+  weights = half[..., None] * _LEGENDRE_WEIGHTS
+  z = (nodes[:, None] - mean[:, :, None, None]) / scale[:, :, None, None]
+  cdf = scipy.special.ndtr(z)
+  density = np.exp(-0.5 * z * z) / (math.sqrt(2 * math.pi) *
+                                     scale[:, :, None, None])
   probabilities = np.empty((n, arms))
   for k in range(arms):
-    score = mean[:, k, None] + math.sqrt(2) * scale[:, k, None] * nodes
-    log_cdf = np.zeros_like(score)
+    integrand = density[:, k] * weights
     for j in range(arms):
       if j != k:
-        log_cdf += scipy.special.log_ndtr(
-            (score - mean[:, j, None]) / scale[:, j, None])
-    probabilities[:, k] = np.exp(log_cdf) @ weights / math.sqrt(math.pi)
+        integrand = integrand * cdf[:, j]
+    probabilities[:, k] = integrand.sum(axis=(1, 2))
   return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
