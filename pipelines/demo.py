@@ -17,6 +17,7 @@ import logging
 import os
 
 from pipelines import batch_inference
+from pipelines import policy_demo
 from pipelines import report
 from pipelines import reward_batch
 from pipelines import train_demo_models
@@ -146,6 +147,7 @@ def main(argv=None) -> None:
                        f"--out={args.workdir}/report.html"])
     run_inference(args.workdir, emulator)
     run_metrics(args.workdir, emulator)
+  policy_demo.run_policy_demo(f"{args.workdir}/policy")
   print(f"\nreport: {os.path.abspath(page)}")
 
 

@@ -106,6 +106,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument(
       "--bigquery_emulator_host",
       help="Local BigQuery emulator endpoint (http://HOST:PORT).")
+  parser.add_argument(
+      "--policy_input",
+      help="Where policy_evaluation wrote its policy_value table (a "
+      "directory or PROJECT:DATASET): adds the off-policy evaluation "
+      "section.")
   return parser.parse_args(argv)
 
 
@@ -115,10 +120,17 @@ def run(argv=None) -> str:
   tables = load_tables(args.input, args.bigquery_emulator_host)
   if not tables["arm_stats"]:
     raise ValueError(f"no arm_stats rows in {args.input}")
+  policy_values = []
+  if args.policy_input:
+    policy_values = (read_bigquery_table(args.policy_input, "policy_value",
+                                         args.bigquery_emulator_host)
+                     if is_bigquery_dataset(args.policy_input) else
+                     read_file_table(args.policy_input, schemas.POLICY_VALUE))
   page = report_html.render_report(
       tables["arm_stats"], tables["router_state"], source=args.input,
       run_summary_rows=tables["run_summary"],
-      experiment_sections=metric_sections(tables), extra_css=metric_report.CSS)
+      experiment_sections=metric_sections(tables), extra_css=metric_report.CSS,
+      policy_value_rows=policy_values)
   with FileSystems.create(args.out, mime_type="text/html") as f:
     f.write(page.encode("utf-8"))
   return args.out

@@ -46,6 +46,8 @@ from transforms.io import schemas
 from transforms.io import sinks
 from transforms.attribution.attribution import AttributeRewards
 from transforms.logs import sources as log_sources
+from transforms.policy import evaluation as policy_evaluation
+from transforms.policy import requests as policy_requests
 
 
 class RewardBatchOptions(PipelineOptions):
@@ -98,6 +100,7 @@ class MetricOptions(PipelineOptions):
 
 OPTION_CLASSES = (RewardBatchOptions, opts.LogSourceOptions,
                   AttributionOptions, StatisticsOptions, MetricOptions,
+                  opts.ContextOptions, opts.ContextualPolicyOptions,
                   opts.QualityGateOptions, opts.OutputFileOptions,
                   opts.OutputPipelineOptions)
 TABLES = (*schemas.TABLES.values(), schemas.RUN_SUMMARY)
@@ -180,6 +183,25 @@ def metric_plan(pipeline_options) -> MetricPlan | None:
       chosen.max_segment_values)
 
 
+def contextual_router_state(pipeline_options):
+  """The ContextualRouterState step the options ask for, or None."""
+  policy = pipeline_options.view_as(opts.ContextualPolicyOptions)
+  context = pipeline_options.view_as(opts.ContextOptions)
+  spec = policy_requests.ContextSpec.parse(context.context_features,
+                                           context.context_dim)
+  if not policy.contextual_policy:
+    if spec:
+      raise ValueError("--context_features/--context_dim need "
+                       "--contextual_policy here")
+    return None
+  if not spec:
+    raise ValueError("--contextual_policy needs --context_features or "
+                     "--context_dim")
+  return policy_evaluation.ContextualRouterState(
+      spec, policy.contextual_policy, policy.policy_alpha,
+      context.ridge_lambda, context.decay, policy.policy_epsilon)
+
+
 class RewardAggregation(beam.PTransform):
   """Prediction and feedback logs -> arm_stats, router_state, dead_letter, data_quality."""
 
@@ -188,10 +210,11 @@ class RewardAggregation(beam.PTransform):
                attribution: rewards.AttributionConfig,
                statistics: arm_table.StatisticsConfig, join_shards: int = 32,
                sampling_rates: dict | None = None,
-               plan: MetricPlan | None = None):
+               plan: MetricPlan | None = None, contextual=None):
     """predictions, feedback: file patterns, or where the logs are."""
     super().__init__()
     self._plan = plan
+    self._contextual = contextual
     self._predictions = _log_source(predictions)
     self._feedback = _log_source(feedback)
     self._attribution = attribution
@@ -207,10 +230,12 @@ class RewardAggregation(beam.PTransform):
         self._feedback, contract.FEEDBACK, ("metric",) if plan else ())
     reads = [feedback]
     predictions = None
+    extras = tuple(sorted(
+        set(plan.prediction_extras if plan else ()) |
+        set(self._contextual.extras if self._contextual else ())))
     if self._predictions:
       predictions = pbegin | "ReadPredictions" >> log_sources.ReadLogSource(
-          self._predictions, contract.PREDICTION,
-          plan.prediction_extras if plan else ())
+          self._predictions, contract.PREDICTION, extras)
       reads.append(predictions)
     tables = {"feedback": feedback.records}
     if predictions:
@@ -218,11 +243,17 @@ class RewardAggregation(beam.PTransform):
     attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
                       self._attribution, self._join_shards,
-                      plan.prediction_extras if plan else (),
-                      plan.signals if plan else ()))
+                      extras, plan.signals if plan else ()))
     statistics = (attributed["arm_totals"]
                   | "ExperimentStatistics" >>
                   experiments.ExperimentStatistics(self._statistics))
+    router_state = statistics[experiments.ROUTER_STATE]
+    if self._contextual:
+      contextual = ({"requests": attributed["requests"],
+                     "router_state": router_state}
+                    | "ContextualRouterState" >> self._contextual)
+      router_state = contextual["router_state"]
+      reads.append(contextual)
     dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
                     [attributed[quality.DEAD_LETTER]]
                     | "FlattenDeadLetters" >> beam.Flatten())
@@ -236,7 +267,7 @@ class RewardAggregation(beam.PTransform):
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
     outputs = {"arm_stats": statistics.arm_stats,
-               "router_state": statistics[experiments.ROUTER_STATE],
+               "router_state": router_state,
                "dead_letter": dead_letters, "data_quality": counts}
     if plan:
       outputs.update(attributed["requests"]
@@ -275,7 +306,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
                  attribution_config(pipeline_options,
                                     sources["predictions"] is not None),
                  statistics_config(pipeline_options), inputs.join_shards,
-                 sampling_rates, plan))
+                 sampling_rates, plan,
+                 contextual_router_state(pipeline_options)))
   summary = (outputs
              | "RunSummary" >> run_summary.RunSummary(
                  "reward_batch", gate_config(pipeline_options),
@@ -305,6 +337,7 @@ def preflight_checks(pipeline_options) -> None:
     preflight.check_disjoint("predictions", files["predictions"], "feedback",
                              files["feedback"])
   statistics_config(pipeline_options)  # The allocation parses.
+  contextual_router_state(pipeline_options)  # The context options agree.
 
 
 def run(argv=None):

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 import numpy as np
 import scipy.stats
 
+from reporting import policy_section
 from transforms.decisions import stats
 from transforms.logs import contract
 
@@ -589,7 +590,8 @@ def render_report(arm_stats_rows: Iterable[Mapping],
                   source: str | None = None,
                   run_summary_rows: Iterable[Mapping] = (),
                   experiment_sections: Mapping[str, str] | None = None,
-                  extra_css: str = "") -> str:
+                  extra_css: str = "",
+                  policy_value_rows: Iterable[Mapping] = ()) -> str:
   """The HTML page of every experiment in the rows (its latest run).
 
   Args:
@@ -601,6 +603,7 @@ def render_report(arm_stats_rows: Iterable[Mapping],
     experiment_sections: experiment id -> HTML placed after its data quality
       (the metrics section of reporting/metric_report.py); extra_css: the
       style those sections need.
+    policy_value_rows: rows of the policy_value table (off-policy evaluation).
   """
   runs = latest_runs(arm_stats_rows, router_state_rows, run_summary_rows)
   anchors = [f"experiment-{i}" for i in range(len(runs))]
@@ -617,4 +620,5 @@ def render_report(arm_stats_rows: Iterable[Mapping],
       "(the run of its latest computed_at); earlier runs in the input are "
       "counted, not shown. Intervals are 95%.</p>",
       _summary_html(anchors, runs) if runs else "<p>No arm_stats rows.</p>",
-      *sections, "</body></html>\n"])
+      *sections, policy_section.render(policy_value_rows),
+      "</body></html>\n"])

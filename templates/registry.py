@@ -26,6 +26,7 @@ PIPELINES = {
     "reward_streaming": Pipeline("pipelines.reward_streaming", streaming=True),
     "batch_inference": Pipeline("pipelines.batch_inference"),
     "training_export": Pipeline("pipelines.training_export"),
+    "policy_evaluation": Pipeline("pipelines.policy_evaluation"),
 }
 
 

@@ -54,6 +54,12 @@ PARAMETERS = {
         pseudonymize_key_secret="projects/my-project/secrets/key/versions/1",
         output_dataset="my-project:online_eval",
         partition_date="2026-01-01"),
+    "policy_evaluation": dict(
+        predictions="gs://my-bucket/logs/predictions/dt=2026-01-01/*",
+        feedback="gs://my-bucket/logs/feedback/dt=2026-01-01/*",
+        context_features="age,score", target_policy="even=split:a=1,b=1",
+        output_dataset="my-project:online_eval",
+        partition_date="2026-01-01"),
 }
 # How each pipeline's arm_stats (or predictions) table reaches BigQuery.
 BIGQUERY_WRITES = {
@@ -65,6 +71,8 @@ BIGQUERY_WRITES = {
                        "BigQueryBatchFileLoads",
     "training_export": "WriteOutputs/Write_export_summary/WriteBigQuery/"
                        "BigQueryBatchFileLoads",
+    "policy_evaluation": "WriteOutputs/Write_policy_value/WriteBigQuery/"
+                         "BigQueryBatchFileLoads",
 }
 
 

@@ -14,7 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Every module a user runs with options; `--help` lists them all.
 COMMANDS = ("pipelines.reward_batch", "pipelines.reward_streaming",
-            "pipelines.batch_inference", "pipelines.report", "pipelines.demo",
+            "pipelines.batch_inference", "pipelines.policy_evaluation",
+            "pipelines.policy_demo",
+            "pipelines.report", "pipelines.demo",
             "pipelines.streaming_demo", "pipelines.train_demo_models",
             "pipelines.training_export", "pipelines.train_candidate",
             "pipelines.loop_demo", "benchmarks.export_benchmark",

@@ -38,6 +38,10 @@ PARAMETERS = {
         output_prefix="out/export/dt=2026-01-01/", feature_count=16,
         pseudonymize_key_secret="projects/p/secrets/key/versions/1",
         output_dir="out"),
+    "policy_evaluation": dict(predictions="logs/predictions*.jsonl",
+                              feedback="logs/feedback*.jsonl", context_dim=4,
+                              target_policy="even=split:a=1,b=1",
+                              output_dir="out", bootstrap=50),
 }
 TOP_LEVEL_TRANSFORMS = {
     "reward_batch": {"RewardAggregation", "RunSummary", "WriteOutputs"},
@@ -45,6 +49,7 @@ TOP_LEVEL_TRANSFORMS = {
                          "RewardStreaming", "WriteOutputs"},
     "batch_inference": {"BatchInference", "RunSummary", "WriteOutputs"},
     "training_export": {"TrainingExport", "WriteOutputs"},
+    "policy_evaluation": {"PolicyEvaluation", "WriteOutputs"},
 }
 
 

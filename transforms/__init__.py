@@ -7,6 +7,7 @@ scoring/      model inputs, the shared Keras model handler, prediction rows
 io/           output schemas, sinks (BigQuery, files), coders
 export/       training data: tf.train.Example encoding, de-identification
 checks/       preflight before a run, quality gates and the run summary after
+policy/       contextual bandit state, target policies, off-policy estimators
 
 Each sub-package mixes two tiers: a pure core (no Beam import: one record's
 parsing, statistics, schemas), and the Beam composites built on it. Imports
@@ -37,4 +38,8 @@ PURE_CORE = (
     "transforms.export.training_set",
     "transforms.checks.gates",
     "transforms.checks.summary",
+    "transforms.policy.linear",
+    "transforms.policy.estimators",
+    "transforms.policy.requests",
+    "transforms.policy.targets",
 )

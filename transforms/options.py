@@ -366,6 +366,41 @@ METRIC_OPTIONS = (
 )
 
 
+CONTEXT_OPTIONS = (
+    Option("context_features",
+           "A request's context: these prediction attributes (comma-separated "
+           "names), each parsed as a number.", "Context attributes",
+           regexes=(r"^[^,]+(,[^,]+)*$",)),
+    Option("context_dim",
+           "A request's context: its prediction features list, of exactly "
+           "this length.", "Context length", type=int,
+           regexes=(r"^[0-9]+$",)),
+    Option("ridge_lambda",
+           "Ridge penalty lambda of the per-arm linear reward models: theta = "
+           "(A + lambda I)^-1 b.", "Ridge lambda", type=float, default=1.0,
+           regexes=(r"^[0-9.eE+-]+$",)),
+    Option("decay",
+           "Forgetting factor per day of age of a request (1: none), relative "
+           "to the newest request.", "Decay per day", type=float,
+           default=1.0, regexes=(r"^[0-9.eE+-]+$",)),
+)
+
+CONTEXTUAL_POLICY_OPTIONS = (
+    Option("contextual_policy",
+           "Add a contextual state to router_state, for a router acting by "
+           "this policy (needs --context_features or --context_dim).",
+           "Contextual policy", choices=("linucb", "linear_thompson")),
+    Option("policy_alpha",
+           "Exploration of the contextual policy: LinUCB's bonus multiplier, "
+           "linear Thompson sampling's posterior scale.", "Policy alpha",
+           type=float, default=1.0, regexes=(r"^[0-9.eE+-]+$",)),
+    Option("policy_epsilon",
+           "Share of traffic the contextual router spreads evenly over the "
+           "arms (keeps every propensity above 0).", "Policy epsilon",
+           type=float, default=0.0, regexes=(r"^[0-9.eE+-]+$",)),
+)
+
+
 def parse_pipeline_options(argv, option_classes, description: str,
                            **overrides) -> PipelineOptions:
   """The PipelineOptions of a command line. `--help` lists the pipeline's own
@@ -450,3 +485,19 @@ class OutputFileOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, OUTPUT_FILE_OPTIONS)
+
+
+class ContextOptions(PipelineOptions):
+  """A request's context, and the linear models fitted on it."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, CONTEXT_OPTIONS)
+
+
+class ContextualPolicyOptions(PipelineOptions):
+  """A contextual router state beside the context-free one."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, CONTEXTUAL_POLICY_OPTIONS)

@@ -4,7 +4,8 @@
       aggregate_rewards (reward_batch) >> check_router_state (run_summary
       gates, router state)
       >> check_decisions (alert on rollback/invalid; invalid stops here)
-      >> publish_router_state (router_state_current, what routers read)
+      >> publish_router_state (router_state_current, what routers read);
+      beside them evaluate_policies (policy_evaluation of a target policy)
   online_eval_inference_nightly  01:00 UTC: batch_inference on the previous
       day's features
   online_eval_streaming_deploy   manual: launch reward_streaming, or update
@@ -118,6 +119,22 @@ with DAG(dag_id="online_eval_rewards_daily",
 
   (aggregate_rewards >> check_router_state >> check_decisions(PARTITION)
    >> publish_router_state)
+
+  # What a candidate routing policy would have earned on the same day.
+  flex_template(
+      "evaluate_policies", "policy_evaluation",
+      "policy-evaluation-{{ ds_nodash }}",
+      registry.template_parameters(
+          "policy_evaluation",
+          predictions=f"{logs}/predictions/dt={PARTITION}/*",
+          feedback=f"{logs}/feedback/dt={PARTITION}/*",
+          context_features=setting("context_features"),
+          target_policy=setting("target_policy"),
+          # Its own dataset: each batch job replaces its day partition of
+          # dead_letter and data_quality too.
+          output_dataset=f"{setting('project')}:{setting('policy_dataset')}",
+          partition_date=PARTITION, run_id="{{ run_id }}"),
+      wait_until_finished=True)
 
 
 with DAG(dag_id="online_eval_inference_nightly",

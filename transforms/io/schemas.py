@@ -83,6 +83,28 @@ ROUTER_ARM_FIELDS = (
     ("reward_sq_sum", "FLOAT64", "NULLABLE"),
 )
 
+# A contextual router's state (transforms/policy/linear.py, docs/policy.md):
+# per arm theta and the Cholesky factor of A + lambda I (row-major, d x d).
+CONTEXTUAL_ARM_FIELDS = (
+    ("arm", "STRING", "REQUIRED"),
+    ("n", "FLOAT64", "REQUIRED"),
+    ("count", "INT64", "REQUIRED"),
+    ("theta", "FLOAT64", "REPEATED"),
+    ("cholesky", "FLOAT64", "REPEATED"),
+)
+
+CONTEXTUAL_FIELDS = (
+    ("policy", "STRING", "REQUIRED"),
+    ("alpha", "FLOAT64", "REQUIRED"),
+    ("ridge_lambda", "FLOAT64", "REQUIRED"),
+    ("decay", "FLOAT64", "REQUIRED"),
+    ("epsilon", "FLOAT64", "REQUIRED"),
+    ("context_source", "STRING", "REQUIRED"),
+    ("context_features", "STRING", "REPEATED"),
+    ("dim", "INT64", "NULLABLE"),
+    ("arms", CONTEXTUAL_ARM_FIELDS, "REPEATED"),
+)
+
 ROUTER_STATE_FIELDS = (
     ("experiment_id", "STRING", "REQUIRED"),
     ("reward_type", "STRING", "NULLABLE"),
@@ -90,6 +112,7 @@ ROUTER_STATE_FIELDS = (
     ("window_start", "TIMESTAMP", "NULLABLE"),
     ("window_end", "TIMESTAMP", "NULLABLE"),
     ("arms", ROUTER_ARM_FIELDS, "REPEATED"),
+    ("contextual", CONTEXTUAL_FIELDS, "NULLABLE"),
 ) + RUN_FIELDS
 
 
@@ -299,3 +322,30 @@ DECISIONS = Table("decisions", DECISIONS_FIELDS,
                   "its reasons.", clustering=("experiment_id", "verdict"))
 
 METRIC_TABLES = {t.name: t for t in (METRIC_STATS, DECISIONS)}
+
+
+# Off-policy evaluation (pipelines/policy_evaluation.py, docs/policy.md).
+
+POLICY_VALUE_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("policy", "STRING", "REQUIRED"),  # The target policy's name.
+    ("estimator", "STRING", "REQUIRED"),  # ips, snips, dm, dr, sndr
+    ("value", "FLOAT64", "NULLABLE"),
+    ("ci_low", "FLOAT64", "NULLABLE"),  # Normal approximation, 95 %.
+    ("ci_high", "FLOAT64", "NULLABLE"),
+    ("boot_ci_low", "FLOAT64", "NULLABLE"),  # Poisson bootstrap, 95 %.
+    ("boot_ci_high", "FLOAT64", "NULLABLE"),
+    ("n", "INT64", "REQUIRED"),
+    ("ess", "FLOAT64", "NULLABLE"),  # (sum w)^2 / sum w^2
+    ("max_weight", "FLOAT64", "NULLABLE"),
+    ("unsupported_share", "FLOAT64", "NULLABLE"),
+    ("logged_value", "FLOAT64", "NULLABLE"),  # The logging policy's mean reward.
+) + RUN_FIELDS
+
+POLICY_VALUE = Table("policy_value", POLICY_VALUE_FIELDS,
+                     "Estimated value of target policies from logged "
+                     "propensities (off-policy evaluation).",
+                     clustering=("experiment_id", "policy"))
+
+POLICY_TABLES = {t.name: t for t in (POLICY_VALUE, DEAD_LETTER,
+                                     DATA_QUALITY)}

@@ -1,0 +1,1 @@
+"""Contextual bandits and off-policy evaluation (see docs/policy.md)."""
