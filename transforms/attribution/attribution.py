@@ -50,9 +50,12 @@ class _ShardByRequest(beam.DoFn):
 class _JoinShard(beam.DoFn):
   """All records of one shard -> joined requests, orphan dead letters, counts."""
 
-  def __init__(self, config: rewards.AttributionConfig, extras: tuple):
+  def __init__(self, config: rewards.AttributionConfig, extras: tuple,
+               feedback_extras: tuple = (), include_shadow: bool = False):
     self._config = config
     self._extras = extras
+    self._feedback_extras = feedback_extras
+    self._include_shadow = include_shadow
 
   def process(self, element):
     _, parts = element
@@ -62,8 +65,9 @@ class _JoinShard(beam.DoFn):
     result = rewards.join_requests(
         _concat(tables[contract.PREDICTION], contract.PREDICTION,
                 self._extras),
-        _concat(tables[contract.FEEDBACK], contract.FEEDBACK, ()),
-        self._config)
+        _concat(tables[contract.FEEDBACK], contract.FEEDBACK,
+                self._feedback_extras),
+        self._config, include_shadow=self._include_shadow)
     if result.requests.num_rows:
       yield result.requests
     for key, count in result.counts.items():
@@ -86,17 +90,22 @@ class JoinRequests(beam.PTransform):
   """{"predictions", "feedback"} Arrow tables -> joined request tables.
 
   One row per request: the served prediction's columns (with the `extras`
-  the prediction tables carry) and `reward` (null: no counted feedback).
-  Without "predictions", feedback carries its own experiment and arm.
+  the prediction tables carry) and `reward` (null: no counted feedback);
+  `truth` too when the feedback tables carry it (`feedback_extras`).
+  `include_shadow` adds a row per shadow model of a request
+  (`rewards.join_requests`). Without "predictions", feedback carries its own
+  experiment and arm.
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
   def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
-               extras=()):
+               extras=(), feedback_extras=(), include_shadow: bool = False):
     super().__init__()
     self._config = config
     self._num_shards = num_shards
     self._extras = tuple(extras)
+    self._feedback_extras = tuple(feedback_extras)
+    self._include_shadow = include_shadow
 
   def expand(self, tables):
     predictions, feedback = tables.get("predictions"), tables["feedback"]
@@ -111,7 +120,8 @@ class JoinRequests(beam.PTransform):
               | "FlattenShards" >> beam.Flatten()
               | "GroupShards" >> beam.GroupByKey()
               | "Join" >> beam.ParDo(_JoinShard(
-                  self._config, self._extras)).with_outputs(
+                  self._config, self._extras, self._feedback_extras,
+                  self._include_shadow)).with_outputs(
                       quality.DEAD_LETTER, quality.COUNTS, main="requests"))
     return {"requests": joined.requests,
             quality.DEAD_LETTER: joined[quality.DEAD_LETTER],
