@@ -1,0 +1,138 @@
+"""Model quality, shadow comparison: known answers against scikit-learn and scipy."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import sklearn.calibration
+import sklearn.metrics
+
+from transforms.decisions import model_quality
+from transforms.decisions import outcomes
+from transforms.logs import batches
+
+
+def _outcome(value=None, label=None, probabilities=None):
+  return {"value": value, "label": label, "probabilities": probabilities}
+
+
+def _requests(predictions, truths, arm="a", shadow=False, experiment="e"):
+  n = len(predictions)
+  return pa.table({
+      "request_id": [f"r{i}" for i in range(n)],
+      "experiment_id": [experiment] * n, "arm": [arm] * n,
+      "shadow": [shadow] * n,
+      "prediction": pa.array(predictions, batches.EXTRA_TYPES["prediction"]),
+      "truth": pa.array(truths, batches.EXTRA_TYPES["truth"])})
+
+
+def _binary_data(seed, n=3000):
+  rng = np.random.default_rng(seed)
+  y = rng.random(n) < 0.3
+  scores = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.2 * y - 0.8)))
+  return y.astype(int), scores
+
+
+def _merged(requests, task, parts=3):
+  """Accumulators of `parts` slices merged, as Beam's combine would."""
+  totals = {}
+  step = -(-requests.num_rows // parts)
+  for start in range(0, requests.num_rows, step):
+    for key, accumulator in model_quality.partials(
+        requests.slice(start, step), task):
+      totals[key] = totals.get(key, model_quality.empty()) + accumulator
+  return totals
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_binary_classification_matches_scikit_learn(seed):
+  y, scores = _binary_data(seed)
+  requests = _requests([_outcome(value=float(s)) for s in scores],
+                       [_outcome(value=float(t)) for t in y])
+  (key, accumulator), = _merged(requests, "classification").items()
+  row = model_quality.quality_row(key, accumulator, "classification")
+  assert row["scored"] == len(y)
+  assert row["accuracy"] == pytest.approx(
+      sklearn.metrics.accuracy_score(y, scores > 0.5))
+  assert row["log_loss"] == pytest.approx(sklearn.metrics.log_loss(y, scores))
+  assert row["brier"] == pytest.approx(
+      sklearn.metrics.brier_score_loss(y, scores))
+  exact_auc = sklearn.metrics.roc_auc_score(y, scores)
+  assert abs(row["auc"] - exact_auc) <= row["auc_max_error"]
+  assert row["auc_max_error"] < 1e-3
+  assert row["auc_ci_low"] < exact_auc < row["auc_ci_high"]
+  observed, predicted = sklearn.calibration.calibration_curve(
+      y, scores, n_bins=10, strategy="uniform")
+  np.testing.assert_allclose([b["observed_rate"] for b in row["calibration"]],
+                             observed)
+  np.testing.assert_allclose([b["mean_predicted"] for b in row["calibration"]],
+                             predicted)
+  assert row["accuracy_ci_low"] < row["accuracy"] < row["accuracy_ci_high"]
+
+
+def test_class_probabilities_and_labels():
+  rng = np.random.default_rng(4)
+  n = 600
+  probabilities = rng.dirichlet([1, 1, 1], n)
+  y = rng.integers(0, 3, n)
+  requests = _requests(
+      [_outcome(probabilities=p.tolist()) for p in probabilities],
+      [_outcome(value=float(t)) for t in y])
+  (key, accumulator), = model_quality.partials(requests,
+                                                "classification")
+  row = model_quality.quality_row(key, accumulator, "classification")
+  assert row["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(
+      y, probabilities.argmax(axis=1)))
+  assert row["log_loss"] == pytest.approx(sklearn.metrics.log_loss(
+      y, probabilities, labels=[0, 1, 2]))
+  assert row["auc"] is None and row["brier"] is None  # Not binary.
+  # Labels: accuracy only; a truth no prediction can score is not scored.
+  labelled = _requests([_outcome(label="cat"), _outcome(label="dog"),
+                        _outcome(label="cat"), _outcome(value=0.7)],
+                       [_outcome(label="cat"), _outcome(label="cat"), None,
+                        _outcome(label="cat")])
+  (key, accumulator), = model_quality.partials(labelled, "classification")
+  row = model_quality.quality_row(key, accumulator, "classification")
+  assert (row["requests"], row["with_truth"], row["scored"]) == (4, 3, 2)
+  assert row["accuracy"] == 0.5 and row["log_loss"] is None
+
+
+def test_regression_matches_scikit_learn():
+  rng = np.random.default_rng(5)
+  truth = rng.normal(10, 3, 2000)
+  predicted = truth + rng.normal(0.4, 1.5, 2000)
+  requests = _requests([_outcome(value=float(p)) for p in predicted],
+                       [_outcome(value=float(t)) for t in truth])
+  (key, accumulator), = _merged(requests, "regression").items()
+  row = model_quality.quality_row(key, accumulator, "regression")
+  assert row["mae"] == pytest.approx(
+      sklearn.metrics.mean_absolute_error(truth, predicted))
+  assert row["rmse"] == pytest.approx(
+      np.sqrt(sklearn.metrics.mean_squared_error(truth, predicted)))
+  assert row["mean_error"] == pytest.approx(np.mean(predicted - truth))
+  assert row["mean_error_ci_low"] < 0.4 < row["mean_error_ci_high"]
+  assert row["rmse_ci_low"] < row["rmse"] < row["rmse_ci_high"]
+
+
+def test_groups_by_arm_and_shadow():
+  live = _requests([_outcome(value=0.9)] * 3, [_outcome(value=1.0)] * 3)
+  shadow = _requests([_outcome(value=0.1)] * 2, [_outcome(value=1.0)] * 2,
+                     arm="s", shadow=True)
+  rows = {key: model_quality.quality_row(key, acc, "classification")
+          for key, acc in model_quality.partials(
+              pa.concat_tables([live, shadow]), "classification")}
+  assert rows[("e", "a", False)]["accuracy"] == 1.0
+  assert rows[("e", "s", True)]["accuracy"] == 0.0
+  assert rows[("e", "s", True)]["requests"] == 2
+
+
+def test_one_definition_of_agreement():
+  """Offline shadow scoring and the comparison from logs share it."""
+  from transforms.scoring import predictions
+  model = np.array([[0.2, 0.8], [0.6, 0.4]])
+  baseline = np.array([[0.3, 0.7], [0.3, 0.7]])
+  columns, totals = predictions.compare(model, baseline, "classification")
+  shared = outcomes.differences(model, baseline, True)
+  np.testing.assert_allclose(columns["abs_diff"].to_numpy(), shared.abs_diff)
+  assert columns["agrees"].to_pylist() == shared.agrees.tolist() == [
+      True, False]
+  assert totals.agreements == 1
