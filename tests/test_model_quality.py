@@ -2,12 +2,14 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import sklearn.calibration
 import sklearn.metrics
 
 from transforms.decisions import model_quality
 from transforms.decisions import outcomes
+from transforms.decisions import shadow
 from transforms.logs import batches
 
 
@@ -136,3 +138,94 @@ def test_one_definition_of_agreement():
   assert columns["agrees"].to_pylist() == shared.agrees.tolist() == [
       True, False]
   assert totals.agreements == 1
+
+
+def _paired(live_scores, shadow_scores, truths):
+  n = len(live_scores)
+  live = _requests([_outcome(value=float(s)) for s in live_scores], truths,
+                   arm="live")
+  shadow = _requests([_outcome(value=float(s)) for s in shadow_scores],
+                     truths, arm="shadow-m", shadow=True)
+  return pa.concat_tables([live, shadow]).take(
+      np.random.default_rng(0).permutation(2 * n))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_paired_comparison_matches_scipy_and_statsmodels(seed):
+  from statsmodels.stats.contingency_tables import mcnemar
+  import scipy.stats
+  y, live_scores = _binary_data(seed, n=800)
+  rng = np.random.default_rng(seed + 10)
+  shadow_scores = np.clip(live_scores + rng.normal(0, 0.15, len(y)), 0.01,
+                          0.99)
+  truths = [_outcome(value=float(t)) for t in y]
+  truths[3] = None  # No truth: paired, not scored.
+  requests = _paired(live_scores, shadow_scores, truths)
+  # Join shards hold whole requests; their accumulators add up.
+  odd = pc.equal(pc.utf8_slice_codeunits(requests["request_id"], -1),
+                 "1").combine_chunks()
+  accumulator = sum(
+      dict(shadow.partials(requests.filter(part), "classification"))[
+          ("e", "live", "shadow-m")] for part in (odd, pc.invert(odd)))
+  (key, whole), = shadow.partials(requests, "classification")
+  np.testing.assert_allclose(accumulator, whole)
+  row = shadow.comparison_row(key, accumulator, "classification")
+  assert key == ("e", "live", "shadow-m")
+  assert row["pairs"] == len(y) and row["pairs_with_truth"] == len(y) - 1
+  live_class, shadow_class = live_scores > 0.5, shadow_scores > 0.5
+  assert row["agreement_rate"] == pytest.approx(
+      np.mean(live_class == shadow_class))
+  assert row["mean_abs_diff"] == pytest.approx(
+      np.mean(np.abs(shadow_scores - live_scores)))
+  keep = np.arange(len(y)) != 3
+  live_right = (live_class == y)[keep]
+  shadow_right = (shadow_class == y)[keep]
+  table = [[np.sum(live_right & shadow_right), np.sum(live_right & ~shadow_right)],
+           [np.sum(~live_right & shadow_right), np.sum(~live_right & ~shadow_right)]]
+  assert row["mcnemar_p_value"] == pytest.approx(
+      mcnemar(table, exact=True).pvalue)
+  assert row["accuracy_diff"] == pytest.approx(
+      shadow_right.mean() - live_right.mean())
+
+  def log_loss(p, t):
+    return -np.log(np.where(t == 1, p, 1 - p))
+  expected = scipy.stats.ttest_rel(log_loss(shadow_scores, y)[keep],
+                                   log_loss(live_scores, y)[keep])
+  assert row["paired_t_p_value"] == pytest.approx(expected.pvalue)
+  low, high = expected.confidence_interval()
+  assert (row["loss_diff_ci_low"], row["loss_diff_ci_high"]) == (
+      pytest.approx(low), pytest.approx(high))
+  assert row["verdict"] in (shadow.WORSE, shadow.BETTER, shadow.NO_DIFFERENCE)
+  assert row["summary"].startswith("shadow-m is ")
+
+
+def test_regression_pairs_use_squared_error():
+  import scipy.stats
+  rng = np.random.default_rng(3)
+  truth = rng.normal(0, 1, 300)
+  live_values = truth + rng.normal(0, 0.5, 300)
+  shadow_values = truth + rng.normal(0, 0.8, 300)
+  requests = _paired(live_values, shadow_values,
+                     [_outcome(value=float(t)) for t in truth])
+  (key, accumulator), = shadow.partials(requests, "regression")
+  row = shadow.comparison_row(key, accumulator, "regression")
+  expected = scipy.stats.ttest_rel((shadow_values - truth)**2,
+                                   (live_values - truth)**2)
+  assert row["paired_t_p_value"] == pytest.approx(expected.pvalue)
+  assert row["agreement_rate"] is None and row["mcnemar_p_value"] is None
+  assert row["verdict"] == shadow.WORSE
+  assert "significantly worse" in row["summary"]
+
+
+def test_identical_shadow_and_no_truth():
+  scores = np.linspace(0.05, 0.95, 50)
+  requests = _paired(scores, scores, [None] * 50)
+  (key, accumulator), = shadow.partials(requests, "classification")
+  row = shadow.comparison_row(key, accumulator, "classification")
+  assert row["agreement_rate"] == 1.0 and row["mean_abs_diff"] == 0.0
+  assert row["verdict"] == shadow.NO_TRUTH
+  y = (scores > 0.5).astype(float)
+  requests = _paired(scores, scores, [_outcome(value=v) for v in y])
+  (key, accumulator), = shadow.partials(requests, "classification")
+  assert shadow.comparison_row(key, accumulator, "classification")[
+      "verdict"] == shadow.NO_DIFFERENCE
