@@ -38,21 +38,10 @@ FEEDBACK_EXTRAS = ("truth",)
 
 
 class ModelEvaluationOptions(PipelineOptions):
-  """Inputs and judgement of the model evaluation pipeline."""
+  """What the model evaluation computes and judges by. Its inputs are the
+  reward pipeline's (`--predictions`, required here, `--feedback`,
+  `--join_shards`)."""
 
-  INPUT_OPTIONS = (
-      opts.Option("predictions", "Prediction logs (with `prediction`): file "
-                  "pattern (JSONL, .gz or Parquet; local or gs://).",
-                  "Prediction log files", param_type="GCS_READ_FILE",
-                  required=True),
-      opts.Option("feedback", "Feedback logs (with `truth`): file pattern "
-                  "(JSONL, .gz or Parquet; local or gs://).",
-                  "Feedback log files", param_type="GCS_READ_FILE",
-                  required=True),
-      opts.Option("join_shards", "Number of request-id shards the join is "
-                  "spread over.", "Join shards", type=int, default=32,
-                  regexes=(r"^[0-9]+$",)),
-  )
   EVALUATION_OPTIONS = (
       opts.Option("task", "What the models predict: classification (a "
                   "class label, the probability of class 1, or class "
@@ -86,11 +75,11 @@ class ModelEvaluationOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    opts.add_options(parser, cls.INPUT_OPTIONS)
     opts.add_options(parser, cls.EVALUATION_OPTIONS)
 
 
-OPTION_CLASSES = (ModelEvaluationOptions, reward_batch.AttributionOptions,
+OPTION_CLASSES = (reward_batch.RewardBatchOptions, ModelEvaluationOptions,
+                  reward_batch.AttributionOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
@@ -126,8 +115,9 @@ class ModelQuality(beam.PTransform):
     return (requests
             | "Partials" >> beam.FlatMap(model_quality.partials, self._task)
             | "Combine" >> beam.CombinePerKey(VectorSum())
-            | "Rows" >> beam.MapTuple(model_quality.quality_row, self._task,
-                                      self._alpha))
+            | "Rows" >> beam.Map(lambda item, task, alpha: (
+                model_quality.quality_row(*item, task, alpha)), self._task,
+                                 self._alpha))
 
 
 class ShadowComparison(beam.PTransform):
@@ -142,11 +132,13 @@ class ShadowComparison(beam.PTransform):
     return (requests
             | "Partials" >> beam.FlatMap(shadow.partials, self._task)
             | "Combine" >> beam.CombinePerKey(VectorSum())
-            | "Rows" >> beam.MapTuple(shadow.comparison_row, self._task,
-                                      self._alpha))
+            | "Rows" >> beam.Map(lambda item, task, alpha: (
+                shadow.comparison_row(*item, task, alpha)), self._task,
+                                 self._alpha))
 
 
-def _verdict(experiment, arms, config, canary_arm, baseline_arm):
+def _verdict(experiment_arms, config, canary_arm, baseline_arm):
+  experiment, arms = experiment_arms
   row = canary.experiment_verdict(experiment, dict(arms), config, canary_arm,
                                   baseline_arm)
   return [row] if row else []
@@ -171,8 +163,8 @@ class CanaryJudge(beam.PTransform):
             | "ByExperiment" >> beam.MapTuple(
                 lambda key, acc: (key[0], (key[1], acc)))
             | "GroupArms" >> beam.GroupByKey()
-            | "Judge" >> beam.FlatMapTuple(
-                _verdict, self._config, self._canary_arm, self._baseline_arm))
+            | "Judge" >> beam.FlatMap(_verdict, self._config,
+                                      self._canary_arm, self._baseline_arm))
 
 
 def judge_config(view) -> canary.JudgeConfig:
@@ -233,8 +225,11 @@ class ModelEvaluation(beam.PTransform):
 
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
+  inputs = pipeline_options.view_as(reward_batch.RewardBatchOptions)
+  opts.check_required(inputs, reward_batch.RewardBatchOptions.INPUT_OPTIONS)
+  if not inputs.predictions:
+    raise ValueError("required: --predictions")
   view = pipeline_options.view_as(ModelEvaluationOptions)
-  opts.check_required(view, ModelEvaluationOptions.INPUT_OPTIONS)
   if not 0 < view.quality_confidence < 1:
     raise ValueError("--quality_confidence must be in (0, 1)")
   judge = judge_config(view)
@@ -243,10 +238,10 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   sinks.prepare_emulator_tables(output, tables, replace_partition=True)
   _ = (pipeline
        | "ModelEvaluation" >> ModelEvaluation(
-           view.predictions, view.feedback,
+           inputs.predictions, inputs.feedback,
            reward_batch.attribution_config(pipeline_options, True),
            view.task, 1 - view.quality_confidence, judge, view.canary_arm,
-           view.canary_baseline, view.join_shards)
+           view.canary_baseline, inputs.join_shards)
        | "WriteOutputs" >> sinks.WriteTables(tables, output))
 
 
