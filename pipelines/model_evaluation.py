@@ -40,13 +40,9 @@ FEEDBACK_EXTRAS = ("truth",)
 class ModelEvaluationOptions(PipelineOptions):
   """What the model evaluation computes and judges by. Its inputs are the
   reward pipeline's (`--predictions`, required here, `--feedback`,
-  `--join_shards`)."""
+  `--join_shards`); `--task` is batch inference's."""
 
   EVALUATION_OPTIONS = (
-      opts.Option("task", "What the models predict: classification (a "
-                  "class label, the probability of class 1, or class "
-                  "probabilities) or regression (a number).", "Task",
-                  default=outcomes.CLASSIFICATION, choices=outcomes.TASKS),
       opts.Option("quality_confidence", "Confidence of the intervals in "
                   "model_quality and shadow_comparison, and of a shadow's "
                   "worse / better verdict.", "Quality confidence",
@@ -61,7 +57,7 @@ class ModelEvaluationOptions(PipelineOptions):
                   "is classified High or Low.", "Canary confidence",
                   type=float, default=0.98, regexes=(r"^0?\.[0-9]+$",)),
       opts.Option("canary_min_effect", "Smallest relative change of a "
-                  "canary metric that can fail it (0.05: 5 %).",
+                  "canary metric that can fail it (0.05: five percent).",
                   "Canary minimum effect", type=float, default=0.05,
                   regexes=(r"^[0-9.]+$",)),
       opts.Option("canary_pass", "Score (0-100) from which the canary "
@@ -79,6 +75,7 @@ class ModelEvaluationOptions(PipelineOptions):
 
 
 OPTION_CLASSES = (reward_batch.RewardBatchOptions, ModelEvaluationOptions,
+                  opts.TaskOptions,
                   reward_batch.AttributionOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
@@ -240,7 +237,8 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
        | "ModelEvaluation" >> ModelEvaluation(
            inputs.predictions, inputs.feedback,
            reward_batch.attribution_config(pipeline_options, True),
-           view.task, 1 - view.quality_confidence, judge, view.canary_arm,
+           pipeline_options.view_as(opts.TaskOptions).task,
+           1 - view.quality_confidence, judge, view.canary_arm,
            view.canary_baseline, inputs.join_shards)
        | "WriteOutputs" >> sinks.WriteTables(tables, output))
 

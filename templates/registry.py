@@ -25,6 +25,7 @@ PIPELINES = {
     "reward_batch": Pipeline("pipelines.reward_batch"),
     "reward_streaming": Pipeline("pipelines.reward_streaming", streaming=True),
     "batch_inference": Pipeline("pipelines.batch_inference"),
+    "model_evaluation": Pipeline("pipelines.model_evaluation"),
 }
 
 

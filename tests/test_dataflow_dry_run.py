@@ -45,6 +45,11 @@ PARAMETERS = {
         model="logreg=gs://my-bucket/models/logreg.keras", num_features=8,
         output_dataset="my-project:online_eval",
         partition_date="2026-01-01"),
+    "model_evaluation": dict(
+        predictions="gs://my-bucket/logs/predictions/dt=2026-01-01/*",
+        feedback="gs://my-bucket/logs/feedback/dt=2026-01-01/*",
+        output_dataset="my-project:online_eval",
+        partition_date="2026-01-01", canary_confidence=0.99),
 }
 # How each pipeline's arm_stats (or predictions) table reaches BigQuery.
 BIGQUERY_WRITES = {
@@ -54,6 +59,8 @@ BIGQUERY_WRITES = {
                         "_StreamToBigQuery",
     "batch_inference": "WriteOutputs/Write_predictions/WriteBigQuery/"
                        "BigQueryBatchFileLoads",
+    "model_evaluation": "WriteOutputs/Write_model_quality/WriteBigQuery/"
+                        "BigQueryBatchFileLoads",
 }
 
 

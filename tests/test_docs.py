@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Every module a user runs with options; `--help` lists them all.
 COMMANDS = ("pipelines.reward_batch", "pipelines.reward_streaming",
+            "pipelines.model_evaluation",
             "pipelines.batch_inference", "pipelines.report", "pipelines.demo",
             "pipelines.streaming_demo", "pipelines.train_demo_models",
             "benchmarks.reward_benchmark", "benchmarks.inference_benchmark",

@@ -33,12 +33,16 @@ PARAMETERS = {
     "batch_inference": dict(features="features*.parquet",
                             model="logreg=models/logreg.keras",
                             num_features=8, output_dir="out"),
+    "model_evaluation": dict(predictions="logs/predictions*.jsonl",
+                             feedback="logs/feedback*.jsonl", output_dir="out",
+                             task="regression", canary_arm="v2"),
 }
 TOP_LEVEL_TRANSFORMS = {
     "reward_batch": {"RewardAggregation", "WriteOutputs"},
     "reward_streaming": {"Read_predictions", "Read_feedback",
                          "RewardStreaming", "WriteOutputs"},
     "batch_inference": {"BatchInference", "WriteOutputs"},
+    "model_evaluation": {"ModelEvaluation", "WriteOutputs"},
 }
 
 
