@@ -6,7 +6,9 @@ starts the local BigQuery emulator, runs the batch reward pipeline on the
 DirectRunner into it, prints the per-arm table read back from BigQuery, and
 renders the HTML report from it. Then trains two small Keras click models and
 shadow-scores the candidate against the baseline with the batch inference
-pipeline, into the emulator too.
+pipeline, into the emulator too. Last, judges a shadow model and a canary
+from logs with ground truth (the model evaluation pipeline) and prints both
+verdicts.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ import logging
 import os
 
 from pipelines import batch_inference
+from pipelines import model_evaluation
 from pipelines import report
 from pipelines import reward_batch
 from pipelines import train_demo_models
 from transforms.io import bigquery
 from emulators import bq_emulator
 from transforms.logs import quality
+from simulation import model_logs
 from simulation import simulate
 
 DATASET = "online_eval"
 # Each batch pipeline replaces its day partition of the tables it writes, so
 # the two pipelines write to datasets of their own.
 INFERENCE_DATASET = "online_eval_inference"
+MODELS_DATASET = "online_eval_models"
 SCENARIO = simulate.Scenario(
     experiment_id="homepage-ranker", policy="thompson",
     arms=(simulate.Arm("control", 0.10), simulate.Arm("candidate-a", 0.12),
@@ -121,6 +126,7 @@ def main(argv=None) -> None:
                        f"--bigquery_emulator_host={emulator.host}",
                        f"--out={args.workdir}/report.html"])
     run_inference(args.workdir, emulator)
+    run_model_evaluation(args.workdir, emulator)
   print(f"\nreport: {os.path.abspath(page)}")
 
 
@@ -142,6 +148,45 @@ def run_inference(workdir: str, emulator) -> None:
     print(f"shadow {row['model']} vs {row['baseline']}: {row['rows']:,} rows, "
           f"agreement {row['agreement_rate']:.3f}, "
           f"mean |diff| {row['mean_abs_diff']:.4f}")
+
+
+# A live model with a slightly worse shadow (2 points less accurate) and a
+# canary on a tenth of the traffic with 30 % more latency.
+MODEL_SCENARIO = model_logs.ModelScenario(canary_latency_factor=1.3)
+
+
+def run_model_evaluation(workdir: str, emulator) -> None:
+  """Judge the shadow and the canary from logs with ground truth."""
+  logs = f"{workdir}/model-logs"
+  os.makedirs(logs, exist_ok=True)
+  predictions, feedback = model_logs.log_lines(MODEL_SCENARIO)
+  simulate.write_jsonl(f"{logs}/predictions.jsonl", predictions)
+  simulate.write_jsonl(f"{logs}/feedback.jsonl", feedback)
+  model_evaluation.run([
+      f"--predictions={logs}/predictions.jsonl",
+      f"--feedback={logs}/feedback.jsonl", "--task=classification",
+      f"--output_dataset={emulator.project}:{MODELS_DATASET}",
+      f"--bigquery_emulator_host={emulator.host}",
+      f"--output_dir={workdir}/model-evaluation", "--runner=FnApiRunner"])
+  client = bigquery.bigquery_client(emulator.project, emulator.host)
+  read = lambda name: bigquery.read_rows(client, emulator.project,
+                                         MODELS_DATASET, name)
+  print(f"\nmodel evaluation of {MODEL_SCENARIO.experiment_id} "
+        f"({len(predictions):,} predictions, {len(feedback):,} with truth):")
+  for row in sorted(read("model_quality"), key=lambda r: r["arm"]):
+    print(f"  {row['arm']}{' (shadow)' if row['shadow'] else ''}: accuracy "
+          f"{row['accuracy']:.3f} [{row['accuracy_ci_low']:.3f}, "
+          f"{row['accuracy_ci_high']:.3f}], AUC {row['auc']:.3f}, log-loss "
+          f"{row['log_loss']:.3f} on {row['scored']:,} requests with truth")
+  for row in read("shadow_comparison"):
+    print(f"shadow verdict: {row['verdict']}: {row['summary']}")
+  for row in read("canary_verdicts"):
+    classes = ", ".join(
+        f"{m['metric']} {m['classification']}" + (
+            f" ({m['effect']:+.1%})" if m["effect"] is not None else "")
+        for m in row["metrics"])
+    print(f"canary verdict: {row['canary_arm']} vs {row['baseline_arm']}: "
+          f"{row['verdict']} (score {row['score']:.0f}; {classes})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Canary judge: Mann-Whitney from histograms against scipy; classes, score, verdict."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -111,6 +113,7 @@ def test_experiment_verdict_from_joined_requests():
   assert row["verdict"] == canary.FAIL
   by_name = {m["metric"]: m for m in row["metrics"]}
   assert by_name["latency_ms"]["classification"] == canary.HIGH
+  json.dumps(row)  # Python numbers only: BigQuery's encoder refuses numpy's.
   errors = requests.filter(pa.compute.equal(requests["arm"], "stable"))
   known = errors["status"].drop_null()
   assert by_name["error_rate"]["baseline_value"] == pytest.approx(

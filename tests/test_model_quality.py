@@ -1,5 +1,7 @@
 """Model quality, shadow comparison: known answers against scikit-learn and scipy."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,6 +71,8 @@ def test_binary_classification_matches_scikit_learn(seed):
   np.testing.assert_allclose([b["mean_predicted"] for b in row["calibration"]],
                              predicted)
   assert row["accuracy_ci_low"] < row["accuracy"] < row["accuracy_ci_high"]
+  # Rows hold Python numbers: BigQuery's JSON encoder refuses numpy's.
+  json.dumps(row)
 
 
 def test_class_probabilities_and_labels():
@@ -196,6 +200,7 @@ def test_paired_comparison_matches_scipy_and_statsmodels(seed):
   assert (row["loss_diff_ci_low"], row["loss_diff_ci_high"]) == (
       pytest.approx(low), pytest.approx(high))
   assert row["verdict"] in (shadow.WORSE, shadow.BETTER, shadow.NO_DIFFERENCE)
+  json.dumps(row)
   assert row["summary"].startswith("shadow-m is ")
 
 

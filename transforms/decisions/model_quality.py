@@ -147,7 +147,7 @@ def _mean_interval(total: float, sq_total: float, n: float, alpha: float):
 def auc_from_histograms(positives: np.ndarray, negatives: np.ndarray):
   """(AUC, max error) of scores binned as these counts: pairs in one bin
   count as ties (half), so the exact AUC is within max error of it."""
-  n_pos, n_neg = positives.sum(), negatives.sum()
+  n_pos, n_neg = float(positives.sum()), float(negatives.sum())
   if not n_pos or not n_neg:
     return None, None
   below = np.concatenate([[0.0], np.cumsum(negatives)[:-1]])
