@@ -187,6 +187,10 @@ def run_model_evaluation(workdir: str, emulator) -> None:
         for m in row["metrics"])
     print(f"canary verdict: {row['canary_arm']} vs {row['baseline_arm']}: "
           f"{row['verdict']} (score {row['score']:.0f}; {classes})")
+  page = report.run(["--models", f"--input={emulator.project}:{MODELS_DATASET}",
+                     f"--bigquery_emulator_host={emulator.host}",
+                     f"--out={workdir}/models.html"])
+  print(f"model evaluation report: {os.path.abspath(page)}")
 
 
 if __name__ == "__main__":

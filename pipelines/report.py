@@ -8,6 +8,7 @@ control, the sample-ratio check, the traffic allocation and the numbers.
   python -m pipelines.report --input my-project:experiments --out report.html
   python -m pipelines.report --input local-project:demo \
       --bigquery_emulator_host http://127.0.0.1:9050 --out report.html
+  python -m pipelines.report --models --input out-models/ --out models.html
 
 `--input` is a directory (local or gs://) of the JSON-lines table files as the
 pipelines write them, or a BigQuery dataset PROJECT:DATASET.
@@ -22,10 +23,13 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import options as opts
+from reporting import model_report
 from reporting import report_html
 from transforms.io import schemas
 
 TABLES = (schemas.ARM_STATS, schemas.ROUTER_STATE)
+MODEL_TABLES = (schemas.MODEL_QUALITY, schemas.SHADOW_COMPARISON,
+                schemas.CANARY_VERDICTS)
 
 
 def is_bigquery_dataset(source: str) -> bool:
@@ -53,13 +57,13 @@ def read_bigquery_table(dataset: str, table: str,
   return bigquery.read_rows(client, project, dataset_id, table)
 
 
-def load_tables(source: str,
-                emulator_host: str | None = None) -> dict[str, list[dict]]:
-  """table name -> rows, for `TABLES`, from a directory or a dataset."""
+def load_tables(source: str, emulator_host: str | None = None,
+                tables=TABLES) -> dict[str, list[dict]]:
+  """table name -> rows, for `tables`, from a directory or a dataset."""
   if is_bigquery_dataset(source):
     return {table.name: read_bigquery_table(source, table.name, emulator_host)
-            for table in TABLES}
-  return {table.name: read_file_table(source, table) for table in TABLES}
+            for table in tables}
+  return {table.name: read_file_table(source, table) for table in tables}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,21 +83,38 @@ def parse_args(argv=None) -> argparse.Namespace:
       "--expected_allocation",
       help="Planned traffic split arm=weight,... behind the expected shares "
       "of impressions (default: equal), as given to the pipeline.")
+  parser.add_argument(
+      "--models", action="store_true",
+      help="Render the model evaluation tables (model_quality, "
+      "shadow_comparison, canary_verdicts) instead.")
   return parser.parse_args(argv)
 
 
 def run(argv=None) -> str:
   """Load the tables, render the report, write it; returns its path."""
   args = parse_args(argv)
-  tables = load_tables(args.input, args.bigquery_emulator_host)
-  if not tables["arm_stats"]:
-    raise ValueError(f"no arm_stats rows in {args.input}")
-  page = report_html.render_report(
-      tables["arm_stats"], tables["router_state"], source=args.input,
-      expected_allocation=opts.parse_allocation(args.expected_allocation))
+  if args.models:
+    page = model_page(args.input, args.bigquery_emulator_host)
+  else:
+    tables = load_tables(args.input, args.bigquery_emulator_host)
+    if not tables["arm_stats"]:
+      raise ValueError(f"no arm_stats rows in {args.input}")
+    page = report_html.render_report(
+        tables["arm_stats"], tables["router_state"], source=args.input,
+        expected_allocation=opts.parse_allocation(args.expected_allocation))
   with FileSystems.create(args.out, mime_type="text/html") as f:
     f.write(page.encode("utf-8"))
   return args.out
+
+
+def model_page(source: str, emulator_host: str | None) -> str:
+  tables = load_tables(source, emulator_host, MODEL_TABLES)
+  if not any(tables.values()):
+    raise ValueError(f"no model evaluation rows in {source}")
+  return model_report.render_model_report(
+      tables[schemas.MODEL_QUALITY.name],
+      tables[schemas.SHADOW_COMPARISON.name],
+      tables[schemas.CANARY_VERDICTS.name], source=source)
 
 
 def main(argv=None) -> None:

@@ -120,3 +120,22 @@ def test_the_pipeline_runs_from_its_command_line(tmp_path):
     model_evaluation.run([f"--predictions={tmp_path}/p.jsonl",
                           f"--feedback={tmp_path}/f.jsonl",
                           "--quality_confidence=1.5", "--runner=FnApiRunner"])
+
+
+def test_model_report_shows_quality_shadow_calibration_and_canary(tmp_path):
+  from pipelines import report
+  predictions, feedback = model_logs.log_lines(SCENARIO)
+  (tmp_path / "p.jsonl").write_text("\n".join(predictions) + "\n")
+  (tmp_path / "f.jsonl").write_text("\n".join(feedback) + "\n")
+  model_evaluation.run([
+      f"--predictions={tmp_path}/p.jsonl", f"--feedback={tmp_path}/f.jsonl",
+      f"--output_dir={tmp_path}/out", "--runner=FnApiRunner",
+      "--join_shards=2"])
+  path = report.run(["--models", f"--input={tmp_path}/out",
+                     f"--out={tmp_path}/models.html"])
+  page = (tmp_path / "models.html").read_text()
+  assert path.endswith("models.html")
+  assert 'class="canary fail"' in page and "latency_ms" in page
+  assert "shadow-v3 is significantly" in page or "not significantly" in page
+  assert page.count('alt="calibration"') == 1
+  assert "<h3>Model quality</h3>" in page and "canary-v3" in page
