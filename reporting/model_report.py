@@ -36,15 +36,16 @@ def _interval(row: Mapping, name: str) -> tuple:
 
 
 def _latest(rows: Iterable[Mapping]) -> dict[str, list]:
-  """Per experiment, its rows of the latest run (by computed_at)."""
+  """Per experiment, its rows of the latest run: the run of its latest
+  computed_at (a run's rows are stamped as they are written)."""
   by_experiment = {}
   for row in rows:
     by_experiment.setdefault(row["experiment_id"], []).append(row)
   latest = {}
   for experiment, found in by_experiment.items():
-    newest = max(str(r.get("computed_at") or "") for r in found)
+    newest = max(found, key=lambda r: str(r.get("computed_at") or ""))
     latest[experiment] = [r for r in found
-                          if str(r.get("computed_at") or "") == newest]
+                          if r.get("run_id") == newest.get("run_id")]
   return latest
 
 

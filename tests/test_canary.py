@@ -93,8 +93,8 @@ def _requests(arm, n, latency_scale, rng, policy="canary"):
       "experiment_id": ["e"] * n, "arm": [arm] * n, "shadow": [False] * n,
       "policy": [policy] * n,
       "latency_ms": rng.lognormal(3, 0.4, n) * latency_scale,
-      "status": pa.array(rng.choice(["ok", "503", None], n, p=[0.97, 0.01,
-                                                             0.02])),
+      "status": pa.array(rng.choice(["ok", "503", "error", None], n,
+                                    p=[0.96, 0.01, 0.01, 0.02])),
       "reward": pa.array(np.where(rng.random(n) < 0.5,
                                   (rng.random(n) < 0.1).astype(float),
                                   np.nan), from_pandas=True)})
@@ -116,8 +116,9 @@ def test_experiment_verdict_from_joined_requests():
   json.dumps(row)  # Python numbers only: BigQuery's encoder refuses numpy's.
   errors = requests.filter(pa.compute.equal(requests["arm"], "stable"))
   known = errors["status"].drop_null()
-  assert by_name["error_rate"]["baseline_value"] == pytest.approx(
-      np.mean(np.array(known.to_pylist()) == "503"))
+  assert by_name["error_rate"]["baseline_value"] == pytest.approx(np.mean(
+      np.isin(known.to_pylist(), ["503", "error"])))
+  assert by_name["error_rate"]["baseline_value"] > 0.015
   # Without `policy: canary` and --canary_arm, no experiment is judged.
   plain = {arm: acc.copy() for arm, acc in arms.items()}
   for acc in plain.values():

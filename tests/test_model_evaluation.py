@@ -138,4 +138,21 @@ def test_model_report_shows_quality_shadow_calibration_and_canary(tmp_path):
   assert 'class="canary fail"' in page and "latency_ms" in page
   assert "shadow-v3 is significantly" in page or "not significantly" in page
   assert page.count('alt="calibration"') == 1
-  assert "<h3>Model quality</h3>" in page and "canary-v3" in page
+  assert "<h3>Model quality</h3>" in page
+  # Quality of the stable and canary arms, live, and of the shadow.
+  assert page.count("<td>live</td>") == 2
+  assert page.count("<td>shadow</td>") == 1
+
+
+def test_model_report_shows_the_latest_run_of_each_experiment():
+  from reporting import model_report
+  row = {"experiment_id": "e", "arm": "a", "shadow": False,
+         "task": "classification", "requests": 10, "with_truth": 5,
+         "scored": 5, "accuracy": 0.5, "calibration": []}
+  page = model_report.render_model_report([
+      {**row, "run_id": "old", "computed_at": "2026-01-01T00:00:00Z",
+       "arm": "old-arm"},
+      {**row, "run_id": "new", "computed_at": "2026-01-02T00:00:00Z"},
+      {**row, "run_id": "new", "computed_at": "2026-01-02T00:00:01Z",
+       "arm": "<b>", "shadow": True}])
+  assert "old-arm" not in page and "&lt;b&gt;" in page and "<td>a</td>" in page

@@ -36,6 +36,7 @@ import scipy.stats
 from transforms.decisions import model_quality
 from transforms.decisions import outcomes
 from transforms.decisions import stats
+from transforms.logs import contract
 
 CONTINUOUS = "continuous"
 RATE = "rate"
@@ -270,8 +271,8 @@ def arm_partials(requests: pa.Table, missing_reward: str = "zero") -> list:
     known = _numpy(status.is_valid()).astype(bool)
     code = pc.cast(pc.if_else(pc.match_substring_regex(
         pc.fill_null(status, ""), r"^[0-9]+$"), status, None), pa.int64())
-    errors = _numpy(pc.fill_null(pc.or_(
-        pc.equal(status, "error"), pc.greater_equal(code, 500)),
+    errors = _numpy(pc.fill_null(pc.or_kleene(
+        pc.equal(status, contract.STATUS_ERROR), pc.greater_equal(code, 500)),
         False)).astype(bool)
     add("status_n", known)
     add("errors", errors & known)
