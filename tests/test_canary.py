@@ -127,3 +127,28 @@ def test_experiment_verdict_from_joined_requests():
   assert canary.experiment_verdict("e", plain, canary.JudgeConfig(),
                                    canary_arm="canary-v2")["verdict"] == (
                                        canary.FAIL)
+
+
+def test_a_quantile_sketch_feeds_the_judge_through_its_cdf():
+  """How a metric summarized by a KLL sketch (datasketches) reaches the
+  Mann-Whitney U: its CDF at the histogram's edges."""
+  import datasketches
+  rng = np.random.default_rng(8)
+  baseline = rng.lognormal(np.log(40), 0.5, 20_000)
+  candidate = rng.lognormal(np.log(41.5), 0.5, 2_000)
+
+  def from_sketch(values):
+    sketch = datasketches.kll_doubles_sketch(800)
+    sketch.update(values)
+    return canary.histogram_from_cdf(
+        sketch.get_cdf(canary.LATENCY_EDGES.tolist(), inclusive=False),
+        len(values), float(values.sum()))
+
+  u, p_value, _ = canary.mann_whitney(from_sketch(candidate),
+                                      from_sketch(baseline))
+  expected = scipy.stats.mannwhitneyu(candidate, baseline,
+                                      method="asymptotic")
+  # KLL k=800 ranks within about 0.35 % of n; measured: U within 0.001 of
+  # all pairs (the docs' figure).
+  assert abs(u - expected.statistic) / (len(candidate) * len(baseline)) < 0.002
+  assert expected.pvalue < 0.01 and p_value < 0.01

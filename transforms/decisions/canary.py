@@ -142,6 +142,15 @@ def histogram(values: np.ndarray, edges: np.ndarray = LATENCY_EDGES
   return Histogram(edges, counts, float(values.sum()))
 
 
+def histogram_from_cdf(cdf, n: float, total: float,
+                       edges: np.ndarray = LATENCY_EDGES) -> Histogram:
+  """A histogram from a distribution's CDF at `edges`: len(edges) + 1
+  shares of values below each edge, then 1 (a KLL sketch's
+  `get_cdf(edges, inclusive=False)`); n values summing to `total`."""
+  shares = np.diff(np.concatenate([[0.0], np.asarray(cdf, float)]))
+  return Histogram(edges, n * np.clip(shares, 0.0, None), float(total))
+
+
 def _effect(canary: float, baseline: float) -> float | None:
   if baseline == 0:
     return None if canary == 0 else math.copysign(math.inf, canary)
