@@ -234,3 +234,22 @@ def test_identical_shadow_and_no_truth():
   (key, accumulator), = shadow.partials(requests, "classification")
   assert shadow.comparison_row(key, accumulator, "classification")[
       "verdict"] == shadow.NO_DIFFERENCE
+
+
+def test_binary_scores_read_without_class_texts_as_with_them():
+  y, scores = _binary_data(9, n=500)
+  truths = [_outcome(value=float(t)) for t in y] + [_outcome(value=2.0)]
+  predictions = [_outcome(value=float(s)) for s in scores]
+  numbers = outcomes.row_metrics(
+      pa.array(predictions + [_outcome(value=0.5)],
+               batches.EXTRA_TYPES["prediction"]),
+      pa.array(truths, batches.EXTRA_TYPES["truth"]), "classification")
+  # One label sends the column through the class texts.
+  texts = outcomes.row_metrics(
+      pa.array(predictions + [_outcome(label="2")],
+               batches.EXTRA_TYPES["prediction"]),
+      pa.array(truths, batches.EXTRA_TYPES["truth"]), "classification")
+  assert not numbers.usable[-1] and texts.usable[-1]
+  for name in ("usable", "correct", "loss", "score", "positive"):
+    np.testing.assert_array_equal(getattr(numbers, name)[:-1],
+                                  getattr(texts, name)[:-1])

@@ -249,8 +249,12 @@ def arm_partials(requests: pa.Table, missing_reward: str = "zero") -> list:
   log metrics: latency histogram, errors among requests with a status, the
   reward (a request without counted feedback: 0, or left out with
   `missing_reward` "ignore"), and how many requests say `policy: canary`."""
-  live = requests.filter(pc.invert(requests["shadow"])) if (
-      "shadow" in requests.column_names) else requests
+  used = [name for name in ("experiment_id", "arm", "policy", "latency_ms",
+                            "status", "reward")
+          if name in requests.column_names]
+  live = requests.select(used)
+  if "shadow" in requests.column_names and pc.any(requests["shadow"]).as_py():
+    live = live.filter(pc.invert(requests["shadow"]))
   if not live.num_rows:
     return []
   codes, names = model_quality.group_codes(live, ("experiment_id", "arm"))

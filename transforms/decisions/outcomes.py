@@ -72,7 +72,22 @@ class Predictions(NamedTuple):
   lengths: np.ndarray  # how many class probabilities (0: none)
   starts: np.ndarray  # where a row's probabilities start in `flat`
   flat: np.ndarray  # every row's probabilities, one after the other
-  classes: pa.Array  # the predicted class as text; null: none
+
+  @property
+  def numbers_only(self) -> bool:
+    return not (self.lengths.any() or self.labels.null_count < len(
+        self.labels))
+
+  def classes(self) -> pa.Array:
+    """The predicted class as text (null: none)."""
+    argmax = np.full(len(self.values), -1, np.int64)
+    for k in np.unique(self.lengths[self.lengths > 0]):
+      rows = np.flatnonzero(self.lengths == k)
+      argmax[rows] = predicted_classes(
+          self.flat[self.starts[rows, None] + np.arange(k)])
+    scored = ~np.isnan(self.values)
+    return pc.coalesce(self.labels, _texts(argmax, argmax >= 0),
+                       _texts((self.values > 0.5).astype(np.int64), scored))
 
 
 def read_predictions(column) -> Predictions:
@@ -86,15 +101,7 @@ def read_predictions(column) -> Predictions:
                                 0)).astype(np.int64)
   flat = _numpy(pc.list_flatten(probabilities)).astype(np.float64)
   starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-  argmax = np.full(len(column), -1, np.int64)
-  for k in np.unique(lengths[lengths > 0]):
-    rows = np.flatnonzero(lengths == k)
-    argmax[rows] = predicted_classes(flat[starts[rows, None] + np.arange(k)])
-  scored = ~np.isnan(values)
-  classes = pc.coalesce(
-      labels, _texts(argmax, argmax >= 0),
-      _texts((values > 0.5).astype(np.int64), scored))
-  return Predictions(values, labels, lengths, starts, flat, classes)
+  return Predictions(values, labels, lengths, starts, flat)
 
 
 def _texts(numbers: np.ndarray, present: np.ndarray) -> pa.Array:
@@ -123,19 +130,23 @@ class Truths(NamedTuple):
   """A column of ground truths."""
   present: np.ndarray  # bool
   values: np.ndarray  # NaN: none (a label)
-  classes: pa.Array  # a label, or an integral number as text; null: none
+  labels: pa.Array  # null: none
+
+  def classes(self) -> pa.Array:
+    """A label, or an integral number as text (null: none)."""
+    values = self.values
+    integral = np.isfinite(values) & (values == np.round(values)) & (
+        np.abs(values) < 2**53)
+    return pc.coalesce(self.labels, _texts(
+        np.where(integral, values, 0).astype(np.int64), integral))
 
 
 def read_truths(column) -> Truths:
   column = array(column)
   values = _numpy(pc.fill_null(pc.struct_field(column, "value"),
                                np.nan)).astype(np.float64)
-  integral = np.isfinite(values) & (values == np.round(values)) & (
-      np.abs(values) < 2**53)
-  classes = pc.coalesce(pc.struct_field(column, "label"),
-                        _texts(np.where(integral, values, 0).astype(np.int64),
-                               integral))
-  return Truths(_numpy(column.is_valid()).astype(bool), values, classes)
+  return Truths(_numpy(column.is_valid()).astype(bool), values,
+                pc.struct_field(column, "label"))
 
 
 class RowMetrics(NamedTuple):
@@ -170,9 +181,11 @@ def row_metrics(prediction_column, truth_column, task: str) -> RowMetrics:
     return RowMetrics(truths.present, usable, np.zeros(n, bool),
                       np.where(usable, error * error, np.nan), nan,
                       np.zeros(n, bool), np.where(usable, error, np.nan))
-  truth_classes = truths.classes
-  correct = _numpy(pc.fill_null(pc.equal(predictions.classes, truth_classes),
-                                False)).astype(bool)
+  if predictions.numbers_only and truths.labels.null_count == n:
+    return _binary_scores(predictions.values, truths)
+  truth_classes = truths.classes()
+  correct = _numpy(pc.fill_null(pc.equal(predictions.classes(),
+                                         truth_classes), False)).astype(bool)
   is_one = _numpy(pc.fill_null(pc.equal(truth_classes, "1"),
                                False)).astype(bool)
   is_zero = _numpy(pc.fill_null(pc.equal(truth_classes, "0"),
@@ -212,3 +225,19 @@ def row_metrics(prediction_column, truth_column, task: str) -> RowMetrics:
   score = np.where(usable, score, np.nan)
   return RowMetrics(truths.present, usable, correct & usable, loss, score,
                     is_one, nan)
+
+
+def _binary_scores(values: np.ndarray, truths: Truths) -> RowMetrics:
+  """`row_metrics` of a classifier logging numbers against numeric truths,
+  without class texts: a number scores a 0/1 truth only."""
+  n = len(values)
+  positive = truths.values == 1.0
+  binary_truth = positive | (truths.values == 0.0)
+  usable = truths.present & binary_truth & (values >= 0.0) & (values <= 1.0)
+  correct = usable & ((values > 0.5) == positive)
+  p_truth = np.where(positive, values, 1.0 - values)
+  loss = np.where(usable, -np.log(np.clip(p_truth, EPSILON, 1.0 - EPSILON)),
+                  np.nan)
+  return RowMetrics(truths.present, usable, correct, loss,
+                    np.where(usable, values, np.nan), positive,
+                    np.full(n, np.nan))
