@@ -24,7 +24,6 @@ from transforms import options as opts
 from transforms.attribution.attribution import JoinRequests
 from transforms.decisions import canary
 from transforms.decisions import model_quality
-from transforms.decisions import outcomes
 from transforms.decisions import shadow
 from transforms.io import schemas
 from transforms.io import sinks

@@ -109,23 +109,6 @@ def _texts(numbers: np.ndarray, present: np.ndarray) -> pa.Array:
                   mask=~present).cast(pa.string())
 
 
-def outputs(predictions: Predictions, rows: np.ndarray) -> dict:
-  """The [n, k] outputs of `rows`, grouped by form: {(form, k): (positions
-  in rows, matrix)}; a number is ("value", 1). Label-only rows have none."""
-  grouped = {}
-  values = predictions.values[rows]
-  with_value = np.flatnonzero(~np.isnan(values))
-  if len(with_value):
-    grouped[("value", 1)] = (with_value, values[with_value, None])
-  lengths = predictions.lengths[rows]
-  for k in np.unique(lengths[lengths > 0]):
-    positions = np.flatnonzero(lengths == k)
-    starts = predictions.starts[rows[positions]]
-    grouped[("probabilities", int(k))] = (
-        positions, predictions.flat[starts[:, None] + np.arange(k)])
-  return grouped
-
-
 class Truths(NamedTuple):
   """A column of ground truths."""
   present: np.ndarray  # bool

@@ -40,10 +40,6 @@ NO_DIFFERENCE = "no difference"
 NO_TRUTH = "no truth"
 
 
-def empty() -> np.ndarray:
-  return np.zeros(SIZE)
-
-
 def _pairs(requests: pa.Table):
   """(live rows, shadow rows) of the same request."""
   ids = pc.dictionary_encode(outcomes.array(requests["request_id"]))
