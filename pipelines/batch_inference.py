@@ -99,10 +99,6 @@ class ModelOptions(PipelineOptions):
                   default=predictions.MEAN, choices=predictions.COMBINERS),
       opts.Option("baseline", "Shadow: the model the others are compared "
                   "with.", "Baseline model"),
-      opts.Option("task", "classification (a sigmoid output, or one output "
-                  "per class: predicted classes, votes, agreement) or "
-                  "regression.", "Task", default=predictions.CLASSIFICATION,
-                  choices=predictions.TASKS),
       opts.Option("large_model", "Load the models once per machine, shared "
                   "by its worker processes, instead of once per process.",
                   "Large model", type=opts.parse_bool, default=False,
@@ -117,8 +113,9 @@ class ModelOptions(PipelineOptions):
     opts.add_options(parser, cls.MODEL_OPTIONS)
 
 
-OPTION_CLASSES = (BatchInferenceOptions, ModelOptions, opts.QualityGateOptions,
-                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+OPTION_CLASSES = (BatchInferenceOptions, ModelOptions, opts.TaskOptions,
+                  opts.QualityGateOptions, opts.OutputFileOptions,
+                  opts.OutputPipelineOptions)
 TABLES = (*schemas.INFERENCE_TABLES.values(), schemas.RUN_SUMMARY)
 
 
@@ -197,7 +194,8 @@ def batch_inference(pipeline_options: PipelineOptions) -> BatchInference:
   paths = model_paths(models.model)
   scoring = predictions.ScoringConfig(tuple(paths), models.mode,
                                       models.combine, models.baseline,
-                                      models.task)
+                                      pipeline_options.view_as(
+                                          opts.TaskOptions).task)
   scoring.validate()
   read = inference.ReadFeatures(feature_spec(inputs, paths), inputs.batch_size,
                                 file_pattern=inputs.features,

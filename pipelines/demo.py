@@ -6,9 +6,12 @@ starts the local BigQuery emulator, runs the batch reward pipeline on the
 DirectRunner into it, prints the per-arm table read back from BigQuery, and
 renders the HTML report from it. Then trains two small Keras click models and
 shadow-scores the candidate against the baseline with the batch inference
-pipeline, into the emulator too. Last, decides a second experiment on several
+pipeline, into the emulator too. Then decides a second experiment on several
 metrics (clicks, purchases, latency p95, errors) per country and platform:
-one candidate wins on clicks but breaks the latency guardrail (rollback).
+one candidate wins on clicks but breaks the latency guardrail (rollback);
+judges a shadow model and a canary from logs with ground truth (the model
+evaluation pipeline) and prints both verdicts; and last estimates a
+contextual routing policy off-policy beside the simulator's true values.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import os
 
 from pipelines import batch_inference
+from pipelines import model_evaluation
 from pipelines import policy_demo
 from pipelines import report
 from pipelines import reward_batch
@@ -25,12 +29,14 @@ from transforms import options as opts
 from transforms.io import bigquery
 from emulators import bq_emulator
 from transforms.logs import quality
+from simulation import model_logs
 from simulation import simulate
 
 DATASET = "online_eval"
 # Each batch pipeline replaces its day partition of the tables it writes, so
 # the two pipelines write to datasets of their own.
 INFERENCE_DATASET = "online_eval_inference"
+MODELS_DATASET = "online_eval_models"
 SCENARIO = simulate.Scenario(
     experiment_id="homepage-ranker", policy="thompson",
     arms=(simulate.Arm("control", 0.10), simulate.Arm("candidate-a", 0.12),
@@ -147,6 +153,7 @@ def main(argv=None) -> None:
                        f"--out={args.workdir}/report.html"])
     run_inference(args.workdir, emulator)
     run_metrics(args.workdir, emulator)
+    run_model_evaluation(args.workdir, emulator)
   policy_demo.run_policy_demo(f"{args.workdir}/policy")
   print(f"\nreport: {os.path.abspath(page)}")
 
@@ -203,6 +210,49 @@ def run_metrics(workdir: str, emulator) -> None:
         f"{row['arm']}@{row['dimension']}={row['segment']}")
   print("per segment: " + "; ".join(
       f"{verdict} {len(rows)}" for verdict, rows in sorted(by_verdict.items())))
+
+
+# A live model with a slightly worse shadow (2 points less accurate) and a
+# canary on a tenth of the traffic with 30 % more latency.
+MODEL_SCENARIO = model_logs.ModelScenario(canary_latency_factor=1.3)
+
+
+def run_model_evaluation(workdir: str, emulator) -> None:
+  """Judge the shadow and the canary from logs with ground truth."""
+  logs = f"{workdir}/model-logs"
+  os.makedirs(logs, exist_ok=True)
+  predictions, feedback = model_logs.log_lines(MODEL_SCENARIO)
+  simulate.write_jsonl(f"{logs}/predictions.jsonl", predictions)
+  simulate.write_jsonl(f"{logs}/feedback.jsonl", feedback)
+  model_evaluation.run([
+      f"--predictions={logs}/predictions.jsonl",
+      f"--feedback={logs}/feedback.jsonl", "--task=classification",
+      f"--output_dataset={emulator.project}:{MODELS_DATASET}",
+      f"--bigquery_emulator_host={emulator.host}",
+      f"--output_dir={workdir}/model-evaluation", "--runner=FnApiRunner"])
+  client = bigquery.bigquery_client(emulator.project, emulator.host)
+  read = lambda name: bigquery.read_rows(client, emulator.project,
+                                         MODELS_DATASET, name)
+  print(f"\nmodel evaluation of {MODEL_SCENARIO.experiment_id} "
+        f"({len(predictions):,} predictions, {len(feedback):,} with truth):")
+  for row in sorted(read("model_quality"), key=lambda r: r["arm"]):
+    print(f"  {row['arm']}{' (shadow)' if row['shadow'] else ''}: accuracy "
+          f"{row['accuracy']:.3f} [{row['accuracy_ci_low']:.3f}, "
+          f"{row['accuracy_ci_high']:.3f}], AUC {row['auc']:.3f}, log-loss "
+          f"{row['log_loss']:.3f} on {row['scored']:,} requests with truth")
+  for row in read("shadow_comparison"):
+    print(f"shadow verdict: {row['verdict']}: {row['summary']}")
+  for row in read("canary_verdicts"):
+    classes = ", ".join(
+        f"{m['metric']} {m['classification']}" + (
+            f" ({m['effect']:+.1%})" if m["effect"] is not None else "")
+        for m in row["metrics"])
+    print(f"canary verdict: {row['canary_arm']} vs {row['baseline_arm']}: "
+          f"{row['verdict']} (score {row['score']:.0f}; {classes})")
+  page = report.run(["--models", f"--input={emulator.project}:{MODELS_DATASET}",
+                     f"--bigquery_emulator_host={emulator.host}",
+                     f"--out={workdir}/models.html"])
+  print(f"model evaluation report: {os.path.abspath(page)}")
 
 
 if __name__ == "__main__":

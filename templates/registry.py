@@ -27,6 +27,7 @@ PIPELINES = {
     "batch_inference": Pipeline("pipelines.batch_inference"),
     "training_export": Pipeline("pipelines.training_export"),
     "policy_evaluation": Pipeline("pipelines.policy_evaluation"),
+    "model_evaluation": Pipeline("pipelines.model_evaluation"),
 }
 
 

@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DAGS = ROOT / "airflow" / "dags"
 DAG_IDS = {"online_eval_rewards_daily", "online_eval_inference_nightly",
            "online_eval_streaming_deploy", "online_eval_local_rewards",
-           "online_eval_retrain_weekly"}
+           "online_eval_retrain_weekly", "online_eval_models_daily"}
 
 # Parses the DAG folder as the DAG processor does (the folder is the bundle,
 # on sys.path) and writes what the tests check as JSON.
@@ -128,6 +128,13 @@ def test_daily_rewards_dag_launches_then_checks_then_publishes(dags):
   for task in tasks.values():
     assert task["retries"] == 2
     assert task["on_failure"] == ["task_failed"]
+
+
+def test_models_dag_fails_its_check_on_a_canary_fail(dags):
+  tasks = dags["online_eval_models_daily"]["tasks"]
+  assert tasks["evaluate_models"]["downstream"] == ["check_canaries"]
+  check = tasks["check_canaries"]
+  assert check["retries"] == 0 and check["on_failure"] == ["task_failed"]
 
 
 def test_every_template_is_launched_with_its_own_parameters(dags):

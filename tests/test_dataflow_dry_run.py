@@ -60,6 +60,11 @@ PARAMETERS = {
         context_features="age,score", target_policy="even=split:a=1,b=1",
         output_dataset="my-project:online_eval",
         partition_date="2026-01-01"),
+    "model_evaluation": dict(
+        predictions="gs://my-bucket/logs/predictions/dt=2026-01-01/*",
+        feedback="gs://my-bucket/logs/feedback/dt=2026-01-01/*",
+        output_dataset="my-project:online_eval",
+        partition_date="2026-01-01", canary_confidence=0.99),
 }
 # How each pipeline's arm_stats (or predictions) table reaches BigQuery.
 BIGQUERY_WRITES = {
@@ -73,6 +78,8 @@ BIGQUERY_WRITES = {
                        "BigQueryBatchFileLoads",
     "policy_evaluation": "WriteOutputs/Write_policy_value/WriteBigQuery/"
                          "BigQueryBatchFileLoads",
+    "model_evaluation": "WriteOutputs/Write_model_quality/WriteBigQuery/"
+                        "BigQueryBatchFileLoads",
 }
 
 

@@ -15,6 +15,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Every module a user runs with options; `--help` lists them all.
 COMMANDS = ("pipelines.reward_batch", "pipelines.reward_streaming",
             "pipelines.batch_inference", "pipelines.policy_evaluation",
+            "pipelines.model_evaluation",
             "pipelines.policy_demo",
             "pipelines.report", "pipelines.demo",
             "pipelines.streaming_demo", "pipelines.train_demo_models",

@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from transforms.attribution import rewards
@@ -233,3 +234,129 @@ def test_http_status_codes_stay_on_the_vectorized_path(statuses, fast):
   assert vectorized.table.to_pylist() == per_record.table.to_pylist()
   assert vectorized.rejected == per_record.rejected
   assert bool(vectorized.fast) == fast
+
+
+def _outcome(value=None, label=None, probabilities=None):
+  return {"value": value, "label": label, "probabilities": probabilities}
+
+
+@pytest.mark.parametrize("value,expected", [
+    (0.25, _outcome(value=0.25)), (3, _outcome(value=3.0)),
+    ("cat", _outcome(label="cat")),
+    ([0.2, 0.8], _outcome(probabilities=[0.2, 0.8])),
+    ([0.2, 0.7], contract.Rejected(contract.VALUE_OUT_OF_RANGE, "prediction")),
+    ([-0.5, 1.5], contract.Rejected(contract.VALUE_OUT_OF_RANGE,
+                                    "prediction")),
+    ([], contract.Rejected(contract.VALUE_OUT_OF_RANGE, "prediction")),
+    (["a"], contract.Rejected(contract.WRONG_TYPE, "prediction")),
+    (True, contract.Rejected(contract.WRONG_TYPE, "prediction")),
+    ("", contract.Rejected(contract.WRONG_TYPE, "prediction")),
+    ({"p": 1}, contract.Rejected(contract.WRONG_TYPE, "prediction")),
+])
+def test_prediction_field(value, expected):
+  parsed = contract.parse_prediction(json.dumps(_prediction(
+      1, prediction=value)), ("prediction",))
+  assert (parsed if isinstance(parsed, contract.Rejected) else
+          parsed["prediction"]) == expected
+
+
+@pytest.mark.parametrize("value,expected", [
+    (1, _outcome(value=1.0)), (2.5, _outcome(value=2.5)),
+    ("dog", _outcome(label="dog")),
+    ([1], contract.Rejected(contract.WRONG_TYPE, "truth")),
+    # Seldon's truth is a SeldonMessage holding one value.
+    ({"data": {"ndarray": [[1]]}}, _outcome(value=1.0)),
+    ({"data": {"tensor": {"shape": [1], "values": [0.5]}}},
+     _outcome(value=0.5)),
+    ({"strData": "dog"}, _outcome(label="dog")),
+    ({"data": {"ndarray": [1, 0]}}, contract.Rejected(contract.WRONG_TYPE,
+                                                      "truth")),
+])
+def test_truth_field(value, expected):
+  record = {"request_id": "r1", "timestamp": 1_700_000_000, "reward": 1,
+            "truth": value}
+  parsed = contract.parse_feedback(json.dumps(record), ("truth",))
+  assert (parsed if isinstance(parsed, contract.Rejected) else
+          parsed["truth"]) == expected
+
+
+def test_seldon_feedback_truth_is_read_from_the_event_data():
+  event = {"specversion": "1.0", "type": contract.SELDON_FEEDBACK_TYPE,
+           "time": "2026-11-21T00:00:00Z",
+           "data": {"response": {"meta": {"puid": "p1",
+                                          "routing": {"router": 1}}},
+                    "reward": 1, "truth": {"data": {"ndarray": [["cat"]]}}}}
+  parsed = contract.parse_feedback(json.dumps(event), ("truth",))
+  assert parsed["request_id"] == "p1"
+  assert parsed["truth"] == _outcome(label="cat")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fast_and_per_record_paths_agree_on_outcomes(seed):
+  rng = random.Random(seed)
+  forms = [lambda: round(rng.random(), 3), lambda: rng.choice(["a", "b"]),
+           lambda: rng.choice([[0.25, 0.75], [1, 0], [0.5, 0.5]])]
+  # A block of one form is vectorized; mixed forms take the contract.
+  form = forms[seed % 3]
+  values = [form() if seed < 6 else rng.choice(forms)() for _ in range(40)]
+  values[rng.randrange(40)] = None
+  if seed % 2:
+    values[rng.randrange(40)] = rng.choice([[0.5, 0.6], "", 1e999, [-1, 2]])
+  records = [_prediction(i, prediction=v) for i, v in enumerate(values)]
+  block = "\n".join(json.dumps(r) for r in records).encode() + b"\n"
+  fast = batches.parse_json_block(block, contract.PREDICTION, "f",
+                                  ("prediction",))
+  slow = batches._slow(batches.split_lines(block), contract.PREDICTION, "f",
+                       ("prediction",))
+  assert fast.table.schema == slow.table.schema
+  assert fast.table.to_pylist() == slow.table.to_pylist()
+  assert fast.rejected == slow.rejected
+  assert fast.table.num_rows + len(fast.rejected) == 40
+  if seed < 6 and seed % 2 == 0:
+    assert fast.fast
+
+
+def _predictions_with_outcomes(*rows):
+  return pa.Table.from_pylist(
+      [{"request_id": r[0], "ts": r[1], "experiment_id": "e", "arm": r[2],
+        "shadow": r[3], "prediction": _outcome(value=r[4])} for r in rows],
+      schema=batches.schema(contract.PREDICTION, ("prediction",)))
+
+
+def _feedback_with_truth(*rows):
+  return pa.Table.from_pylist(
+      [{"request_id": r[0], "ts": r[1], "reward": r[2], "experiment_id": None,
+        "arm": None, "raw": "{}", "source_file": "f",
+        "truth": None if r[3] is None else _outcome(value=r[3])}
+       for r in rows], schema=batches.schema(contract.FEEDBACK, ("truth",)))
+
+
+def test_join_with_shadow_rows_keeps_the_counts_and_pairs_truth():
+  predictions = _predictions_with_outcomes(
+      ("r1", 0.0, "live", False, 0.9), ("r1", 0.5, "shadow-m", True, 0.4),
+      ("r1", 0.7, "shadow-m", True, 0.1),  # A re-sent shadow prediction.
+      ("r2", 1.0, "live", False, 0.2), ("r2", 1.5, "shadow-m", True, 0.3),
+      ("r3", 2.0, "live", False, 0.6))
+  feedback = _feedback_with_truth(
+      ("r1", 10.0, 1.0, 0.0), ("r1", 20.0, 0.0, 1.0),  # The latest truth.
+      ("r2", 2.0 + 2 * HOUR, 1.0, 1.0),  # Late: no reward, no truth.
+      ("r3", 3.0, 1.0, None))
+  config = rewards.AttributionConfig(attribution_window_s=HOUR)
+  plain = rewards.join_requests(predictions, feedback, config)
+  with_shadow = rewards.join_requests(predictions, feedback, config,
+                                      include_shadow=True)
+  assert with_shadow.counts == plain.counts
+  assert with_shadow.orphans == plain.orphans
+  live = with_shadow.requests.filter(pc.invert(
+      with_shadow.requests["shadow"]))
+  assert live.to_pylist() == plain.requests.to_pylist()
+  rows = sorted((r["request_id"], r["arm"], r["prediction"]["value"],
+                 r["reward"], r["truth"] and r["truth"]["value"])
+                for r in with_shadow.requests.to_pylist())
+  assert rows == [("r1", "live", 0.9, 1.0, 1.0),
+                  ("r1", "shadow-m", 0.4, 1.0, 1.0),
+                  ("r2", "live", 0.2, None, None),
+                  ("r2", "shadow-m", 0.3, None, None),
+                  ("r3", "live", 0.6, 1.0, None)]
+  assert rewards.per_arm(plain.requests, "zero") == rewards.attribute(
+      predictions, feedback.drop_columns(["truth"]), config).partials

@@ -42,6 +42,9 @@ PARAMETERS = {
                               feedback="logs/feedback*.jsonl", context_dim=4,
                               target_policy="even=split:a=1,b=1",
                               output_dir="out", bootstrap=50),
+    "model_evaluation": dict(predictions="logs/predictions*.jsonl",
+                             feedback="logs/feedback*.jsonl", output_dir="out",
+                             task="regression", canary_arm="v2"),
 }
 TOP_LEVEL_TRANSFORMS = {
     "reward_batch": {"RewardAggregation", "RunSummary", "WriteOutputs"},
@@ -50,6 +53,7 @@ TOP_LEVEL_TRANSFORMS = {
     "batch_inference": {"BatchInference", "RunSummary", "WriteOutputs"},
     "training_export": {"TrainingExport", "WriteOutputs"},
     "policy_evaluation": {"PolicyEvaluation", "WriteOutputs"},
+    "model_evaluation": {"ModelEvaluation", "WriteOutputs"},
 }
 
 

@@ -401,6 +401,15 @@ CONTEXTUAL_POLICY_OPTIONS = (
 )
 
 
+# What the models predict: batch inference scores by it, model evaluation
+# measures by it (`TaskOptions`).
+TASK_OPTIONS = (Option(
+    "task", "classification (a sigmoid output or the probability of class 1, "
+    "one output per class, or a class label: predicted classes, votes, "
+    "agreement, accuracy) or regression (a number).", "Task",
+    default="classification", choices=("classification", "regression")),)
+
+
 def parse_pipeline_options(argv, option_classes, description: str,
                            **overrides) -> PipelineOptions:
   """The PipelineOptions of a command line. `--help` lists the pipeline's own
@@ -501,3 +510,11 @@ class ContextualPolicyOptions(PipelineOptions):
   @classmethod
   def _add_argparse_args(cls, parser):
     add_options(parser, CONTEXTUAL_POLICY_OPTIONS)
+
+
+class TaskOptions(PipelineOptions):
+  """What the models predict."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    add_options(parser, TASK_OPTIONS)

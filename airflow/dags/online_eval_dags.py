@@ -8,6 +8,8 @@
       beside them evaluate_policies (policy_evaluation of a target policy)
   online_eval_inference_nightly  01:00 UTC: batch_inference on the previous
       day's features
+  online_eval_models_daily       04:00 UTC: model_evaluation of the previous
+      day's logs >> check_canaries (fails, and so alerts, on a canary Fail)
   online_eval_streaming_deploy   manual: launch reward_streaming, or update
       the running job in place (after a new template is built)
 
@@ -154,6 +156,40 @@ with DAG(dag_id="online_eval_inference_nightly",
           output_dataset=f"{setting('project')}:{setting('inference_dataset')}",
           partition_date=PARTITION, run_id="{{ run_id }}"),
       wait_until_finished=True)
+
+
+with DAG(dag_id="online_eval_models_daily",
+         description="Model quality, shadow vs live and canary verdicts of "
+         "yesterday",
+         schedule=CronTriggerTimetable("0 4 * * *", timezone="UTC"),
+         start_date=START_DATE, catchup=False, max_active_runs=1,
+         default_args=DEFAULT_ARGS, deadline=deadline(hours=4),
+         tags=["online-eval"]):
+  logs = setting("logs")
+  evaluate_models = flex_template(
+      "evaluate_models", "model_evaluation",
+      "model-evaluation-{{ ds_nodash }}",
+      registry.template_parameters(
+          "model_evaluation",
+          predictions=f"{logs}/predictions/dt={PARTITION}/*",
+          feedback=f"{logs}/feedback/dt={PARTITION}/*",
+          task=setting("task"),
+          # Its own dataset: each batch job replaces its day partition of
+          # dead_letter and data_quality too.
+          output_dataset=f"{setting('project')}:{setting('models_dataset')}",
+          partition_date=PARTITION, run_id="{{ run_id }}"),
+      wait_until_finished=True)
+
+  # A canary that failed its judgement fails this task: its failure callback
+  # raises the alert (no retry: the verdict will not change).
+  check_canaries = BigQueryCheckOperator(
+      task_id="check_canaries", use_legacy_sql=False, retries=0,
+      sql=f"""
+        SELECT COUNTIF(verdict = 'Fail') = 0
+        FROM {table('models_dataset', 'canary_verdicts')}
+        WHERE partition_date = '{PARTITION}'""")
+
+  evaluate_models >> check_canaries
 
 
 with DAG(dag_id="online_eval_streaming_deploy",

@@ -51,10 +51,13 @@ class _JoinShard(beam.DoFn):
   """All records of one shard -> joined requests, orphan dead letters, counts."""
 
   def __init__(self, config: rewards.AttributionConfig, extras: tuple,
-               signals: tuple = ()):
+               signals: tuple = (), feedback_extras: tuple = (),
+               include_shadow: bool = False):
     self._config = config
     self._extras = extras
     self._signals = signals
+    self._feedback_extras = feedback_extras
+    self._include_shadow = include_shadow
 
   def process(self, element):
     _, parts = element
@@ -65,8 +68,9 @@ class _JoinShard(beam.DoFn):
         _concat(tables[contract.PREDICTION], contract.PREDICTION,
                 self._extras),
         _concat(tables[contract.FEEDBACK], contract.FEEDBACK,
-                ("metric",) if self._signals else ()),
-        self._config, self._signals)
+                tuple(sorted({*self._feedback_extras,
+                              *(("metric",) if self._signals else ())}))),
+        self._config, self._signals, include_shadow=self._include_shadow)
     if result.requests.num_rows:
       yield result.requests
     for key, count in result.counts.items():
@@ -94,16 +98,22 @@ class JoinRequests(beam.PTransform):
   With `signals` ((signal, reduce), ...; feedback tables with the `metric`
   extra) each request also gets one column per pair (see
   rewards.join_requests).
+  `truth` too when the feedback tables carry it (`feedback_extras`).
+  `include_shadow` adds a row per shadow model of a request
+  (`rewards.join_requests`).
   Tagged outputs: `quality.DEAD_LETTER` (orphan feedback), `quality.COUNTS`.
   """
 
   def __init__(self, config: rewards.AttributionConfig, num_shards: int = 32,
-               extras=(), signals=()):
+               extras=(), signals=(), feedback_extras=(),
+               include_shadow: bool = False):
     super().__init__()
     self._config = config
     self._num_shards = num_shards
     self._extras = tuple(extras)
     self._signals = tuple(signals)
+    self._feedback_extras = tuple(feedback_extras)
+    self._include_shadow = include_shadow
 
   def expand(self, tables):
     predictions, feedback = tables.get("predictions"), tables["feedback"]
@@ -118,7 +128,8 @@ class JoinRequests(beam.PTransform):
               | "FlattenShards" >> beam.Flatten()
               | "GroupShards" >> beam.GroupByKey()
               | "Join" >> beam.ParDo(_JoinShard(
-                  self._config, self._extras, self._signals)).with_outputs(
+                  self._config, self._extras, self._signals,
+                  self._feedback_extras, self._include_shadow)).with_outputs(
                       quality.DEAD_LETTER, quality.COUNTS, main="requests"))
     return {"requests": joined.requests,
             quality.DEAD_LETTER: joined[quality.DEAD_LETTER],

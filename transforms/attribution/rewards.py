@@ -201,8 +201,25 @@ class Joined(NamedTuple):
   orphans: list  # [(raw, source_file, contract.Rejected)]
 
 
+def _latest_truth(codes: np.ndarray, ts: np.ndarray, feedback: pa.Table,
+                  rows: np.ndarray, n_keys: int) -> np.ndarray:
+  """Per request code, the feedback row of its latest truth among `rows`
+  (-1: none)."""
+  latest = np.full(n_keys, -1, dtype=np.int64)
+  with_truth = rows[_numpy(pc.is_valid(feedback["truth"])).astype(bool)[rows]]
+  order = with_truth[np.lexsort((ts[with_truth], codes[with_truth]))]
+  latest[codes[order]] = order  # Later rows of a code overwrite earlier ones.
+  return latest
+
+
+def _take_truth(feedback: pa.Table, rows: np.ndarray) -> pa.Array:
+  return _array(feedback["truth"]).take(pa.array(rows, pa.int64(),
+                                                 mask=rows < 0))
+
+
 def join_requests(predictions: pa.Table, feedback: pa.Table,
-                  config: AttributionConfig, signals=()) -> Joined:
+                  config: AttributionConfig, signals=(),
+                  include_shadow: bool = False) -> Joined:
   """Join feedback to predictions by request_id: one row per request.
 
   With `signals`, ((signal, reduce), ...) and a feedback `metric` column
@@ -210,6 +227,12 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
   is the "reward" signal's, and each pair gets a column
   `signal_column(signal, reduce)` with that signal's feedback reduced by
   `reduce` (null: none counted). Needs predictions.
+
+  With a `truth` column in `feedback`, each request also gets the latest
+  truth among its counted feedback. `include_shadow` adds a row per shadow
+  model (arm) of each request: its earliest shadow prediction, with the
+  request's reward and truth (from its feedback in the attribution window,
+  whichever prediction came first); counts stay as without it.
   """
   if signals and not config.with_predictions:
     raise ValueError("feedback signals need the prediction logs")
@@ -277,17 +300,41 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
         f_ts[signal_rows[DEFAULT_SIGNAL]],
         f_reward[signal_rows[DEFAULT_SIGNAL]], config.reward_reduce)
 
+  has_truth = "truth" in feedback.column_names
   if config.with_predictions:
     reward_of_code = np.full(n_keys, np.nan)
     reward_of_code[group_codes] = group_rewards
     served = np.flatnonzero(is_first & ~shadow)
     requests = predictions.take(served)
-    rewards = reward_of_code[p_codes[served]]
+    request_codes = p_codes[served]
+    rewards = reward_of_code[request_codes]
+    if has_truth:
+      truth_rows = _latest_truth(f_codes, f_ts, feedback, rows, n_keys)[
+          p_codes[served]]
+    if include_shadow:
+      shadows = _first_shadow_predictions(predictions, p_codes, shadow)
+      in_window = np.flatnonzero(matched & (delay <= (
+          config.attribution_window_s)))
+      codes, any_rewards, _ = _reduce_groups(
+          f_codes[in_window], f_ts[in_window], f_reward[in_window],
+          config.reward_reduce)
+      any_reward_of_code = np.full(n_keys, np.nan)
+      any_reward_of_code[codes] = any_rewards
+      requests = pa.concat_tables([requests, predictions.take(shadows)])
+      request_codes = np.concatenate([request_codes, p_codes[shadows]])
+      rewards = np.concatenate([rewards,
+                                any_reward_of_code[p_codes[shadows]]])
+      if has_truth:
+        truth_rows = np.concatenate([truth_rows, _latest_truth(
+            f_codes, f_ts, feedback, in_window, n_keys)[p_codes[shadows]]])
   else:
     # Without predictions every deduplicated feedback is its own request.
     requests = feedback.select(["request_id", "ts", "experiment_id",
                                 "arm"]).take(rows[group_rows])
     rewards = group_rewards
+    if has_truth:
+      truth_rows = _latest_truth(f_codes, f_ts, feedback, rows, n_keys)[
+          f_codes[rows[group_rows]]]
   requests = requests.append_column(
       "reward", pa.array(rewards, pa.float64(), mask=np.isnan(rewards)))
   for signal, how in signals:
@@ -296,10 +343,13 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
                                       f_reward[chosen], how)
     value_of_code = np.full(n_keys, np.nan)
     value_of_code[codes] = values
-    column = value_of_code[p_codes[served]]
+    column = value_of_code[request_codes]
     requests = requests.append_column(
         signal_column(signal, how),
         pa.array(column, pa.float64(), mask=np.isnan(column)))
+  if has_truth:
+    requests = requests.append_column("truth",
+                                      _take_truth(feedback, truth_rows))
   return Joined(requests, dict(counts), orphans)
 
 
@@ -321,6 +371,19 @@ def _signal_codes(feedback: pa.Table) -> np.ndarray:
   metric = pc.fill_null(_array(feedback["metric"]), DEFAULT_SIGNAL)
   return _numpy(pc.index_in(metric, value_set=pc.unique(metric).sort())
                 ).astype(np.int64)
+
+
+def _first_shadow_predictions(predictions: pa.Table, p_codes: np.ndarray,
+                              shadow: np.ndarray) -> np.ndarray:
+  """Rows of the earliest shadow prediction of each (request, arm); the
+  predictions are in time order."""
+  rows = np.flatnonzero(shadow)
+  arms = pc.dictionary_encode(pc.cast(_array(predictions["arm"]).take(rows),
+                                      pa.string()))
+  arm_codes = _numpy(arms.indices).astype(np.int64)
+  pairs = p_codes[rows] * max(len(arms.dictionary), 1) + arm_codes
+  _, first = np.unique(pairs, return_index=True)
+  return rows[np.sort(first)]
 
 
 def per_arm(requests: pa.Table, missing_reward: str) -> list:

@@ -349,3 +349,99 @@ POLICY_VALUE = Table("policy_value", POLICY_VALUE_FIELDS,
 
 POLICY_TABLES = {t.name: t for t in (POLICY_VALUE, DEAD_LETTER,
                                      DATA_QUALITY)}
+
+
+# Model evaluation (pipelines/model_evaluation.py).
+
+CALIBRATION_BIN_FIELDS = (
+    ("bin_low", "FLOAT64", "REQUIRED"),
+    ("bin_high", "FLOAT64", "REQUIRED"),
+    ("count", "INT64", "REQUIRED"),
+    ("mean_predicted", "FLOAT64", "REQUIRED"),
+    ("observed_rate", "FLOAT64", "REQUIRED"),
+)
+
+
+def _with_interval(*names: str) -> tuple:
+  return tuple((f"{name}{suffix}", "FLOAT64", "NULLABLE")
+               for name in names for suffix in ("", "_ci_low", "_ci_high"))
+
+
+MODEL_QUALITY_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("arm", "STRING", "REQUIRED"),
+    ("shadow", "BOOL", "REQUIRED"),
+    ("task", "STRING", "REQUIRED"),
+    ("requests", "INT64", "REQUIRED"),
+    ("with_truth", "INT64", "REQUIRED"),
+    ("scored", "INT64", "REQUIRED"),  # with a truth the prediction can score
+) + _with_interval("accuracy", "log_loss", "brier", "auc") + (
+    ("auc_max_error", "FLOAT64", "NULLABLE"),  # |exact AUC - auc| at most
+    ("calibration", CALIBRATION_BIN_FIELDS, "REPEATED"),
+) + _with_interval("mae", "rmse", "mean_error") + RUN_FIELDS
+
+SHADOW_COMPARISON_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("live_arm", "STRING", "REQUIRED"),
+    ("shadow_arm", "STRING", "REQUIRED"),
+    ("task", "STRING", "REQUIRED"),
+    ("pairs", "INT64", "REQUIRED"),  # requests both answered
+    ("agreement_rate", "FLOAT64", "NULLABLE"),
+    ("mean_diff", "FLOAT64", "NULLABLE"),  # shadow - live
+    ("mean_abs_diff", "FLOAT64", "NULLABLE"),
+    ("pairs_with_truth", "INT64", "REQUIRED"),
+    ("live_accuracy", "FLOAT64", "NULLABLE"),
+    ("shadow_accuracy", "FLOAT64", "NULLABLE"),
+) + _with_interval("accuracy_diff") + (
+    ("live_only_correct", "INT64", "REQUIRED"),
+    ("shadow_only_correct", "INT64", "REQUIRED"),
+    ("mcnemar_p_value", "FLOAT64", "NULLABLE"),
+    ("loss", "STRING", "REQUIRED"),  # log_loss or squared_error
+    ("live_loss", "FLOAT64", "NULLABLE"),
+    ("shadow_loss", "FLOAT64", "NULLABLE"),
+) + _with_interval("loss_diff") + (
+    ("paired_t_p_value", "FLOAT64", "NULLABLE"),
+    ("verdict", "STRING", "REQUIRED"),  # worse, better, no difference, ...
+    ("summary", "STRING", "REQUIRED"),
+) + RUN_FIELDS
+
+CANARY_METRIC_FIELDS = (
+    ("metric", "STRING", "REQUIRED"),
+    ("kind", "STRING", "REQUIRED"),
+    ("direction", "STRING", "REQUIRED"),
+    ("weight", "FLOAT64", "REQUIRED"),
+    ("critical", "BOOL", "REQUIRED"),
+    ("classification", "STRING", "REQUIRED"),  # Pass, High, Low, NoData
+    ("passed", "BOOL", "NULLABLE"),
+    ("canary_value", "FLOAT64", "NULLABLE"),
+    ("baseline_value", "FLOAT64", "NULLABLE"),
+    ("effect", "FLOAT64", "NULLABLE"),
+    ("p_value", "FLOAT64", "NULLABLE"),
+    ("u_max_error", "FLOAT64", "NULLABLE"),
+)
+
+CANARY_VERDICTS_FIELDS = (
+    ("experiment_id", "STRING", "REQUIRED"),
+    ("canary_arm", "STRING", "REQUIRED"),
+    ("baseline_arm", "STRING", "REQUIRED"),
+    ("score", "FLOAT64", "NULLABLE"),
+    ("verdict", "STRING", "REQUIRED"),  # Pass, Marginal, Fail, NoData
+    ("reason", "STRING", "REQUIRED"),
+    ("metrics", CANARY_METRIC_FIELDS, "REPEATED"),
+) + RUN_FIELDS
+
+MODEL_QUALITY = Table("model_quality", MODEL_QUALITY_FIELDS,
+                      "Model quality per arm (live and shadow) on the "
+                      "requests with ground truth.",
+                      clustering=("experiment_id",))
+SHADOW_COMPARISON = Table("shadow_comparison", SHADOW_COMPARISON_FIELDS,
+                          "Each shadow model against the live one on the "
+                          "same requests.", clustering=("experiment_id",))
+CANARY_VERDICTS = Table("canary_verdicts", CANARY_VERDICTS_FIELDS,
+                        "Canary judged against its baseline: per-metric "
+                        "classes, score, verdict.",
+                        clustering=("experiment_id",))
+
+MODEL_EVALUATION_TABLES = {t.name: t for t in (
+    MODEL_QUALITY, SHADOW_COMPARISON, CANARY_VERDICTS, DEAD_LETTER,
+    DATA_QUALITY)}

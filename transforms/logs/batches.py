@@ -59,7 +59,14 @@ EXTRA_TYPES = {
     "status": pa.string(),
     "metric": pa.string(),
     contract.RAW: pa.string(),
+    "prediction": pa.struct([("value", pa.float64()), ("label", pa.string()),
+                             ("probabilities", pa.list_(pa.float64()))]),
+    "truth": pa.struct([("value", pa.float64()), ("label", pa.string()),
+                        ("probabilities", pa.list_(pa.float64()))]),
 }
+# Extras of more than one JSON type: pyarrow infers their column per block
+# (a block mixing types falls back to the contract).
+_INFERRED_EXTRAS = ("attributes", "status", "prediction", "truth")
 
 
 def schema(record_type: str, extras=()) -> pa.Schema:
@@ -339,11 +346,11 @@ def _fast_json(data: bytes, n_lines: int, record_type: str, extras,
   fields, timestamp = _json_fields(record_type, log_format)
   known = dict(fields)
   # pyarrow reads no map: an attributes object is inferred as a struct; a
-  # status is inferred too (text, or HTTP codes as integers).
-  inferred = {"attributes", "status"}
+  # status is inferred too (text, or HTTP codes as integers), and so are the
+  # outcomes (a number, a label or a list).
   extra_fields = [(name, EXTRA_TYPES[name]) for name in extras
-                  if name not in known and name not in inferred]
-  behavior = "infer" if inferred & set(extras) else "ignore"
+                  if name not in known and name not in _INFERRED_EXTRAS]
+  behavior = "infer" if set(extras) & set(_INFERRED_EXTRAS) else "ignore"
   for ts_type in _TIMESTAMP_TYPES:
     json_schema = pa.schema(fields + extra_fields + [(timestamp, ts_type)])
     options = pa_json.ParseOptions(explicit_schema=json_schema,
@@ -431,6 +438,8 @@ def _extra(table: pa.Table, name: str):
     return pa.nulls(table.num_rows, kind)
   if name == "attributes":
     return _attributes_map(column)
+  if name in ("prediction", "truth"):
+    return _outcome(column, kind, probabilities=name == "prediction")
   if name == "propensity":
     if not _is_number(column.type):
       return None
@@ -469,6 +478,46 @@ def _extra(table: pa.Table, name: str):
   if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
     return pc.cast(column, kind)
   return None
+
+
+def _outcome(column, kind: pa.DataType, probabilities: bool):
+  """A column of numbers, of non-empty labels or (predictions) of
+  probability lists -> the outcome struct, or None."""
+  column = column.combine_chunks() if isinstance(
+      column, pa.ChunkedArray) else column
+  n = len(column)
+  nulls = {"value": pa.nulls(n, pa.float64()),
+           "label": pa.nulls(n, pa.string()),
+           "probabilities": pa.nulls(n, pa.list_(pa.float64()))}
+  if _is_number(column.type):
+    values = pc.cast(column, pa.float64(), safe=False)
+    if not _all(pc.or_kleene(pc.is_null(values), pc.is_finite(values))):
+      return None
+    nulls["value"] = values
+  elif pa.types.is_string(column.type):
+    if not _all(pc.or_kleene(pc.is_null(column),
+                             pc.greater(pc.utf8_length(column), 0))):
+      return None
+    nulls["label"] = column
+  elif probabilities and pa.types.is_list(column.type) and _is_number(
+      column.type.value_type):
+    lists = pc.cast(column, pa.list_(pa.float64()), safe=False)
+    values = pc.list_flatten(lists)
+    if values.null_count or not _all(pc.and_(
+        pc.greater_equal(values, 0.0), pc.less_equal(values, 1.0))):
+      return None
+    lengths = _numpy(pc.fill_null(pc.list_value_length(lists), 0))
+    totals = np.bincount(_numpy(pc.list_parent_indices(lists)),
+                         weights=_numpy(values), minlength=n)
+    sums_to_one = (lengths > 0) & (np.abs(totals - 1.0) <= (
+        contract.PROBABILITY_SUM_TOLERANCE))
+    if not (sums_to_one | _numpy_mask(lists)).all():
+      return None
+    nulls["probabilities"] = lists
+  else:
+    return None
+  return pa.StructArray.from_arrays(
+      list(nulls.values()), fields=list(kind), mask=pc.is_null(column))
 
 
 def _attributes_map(column):
@@ -511,6 +560,10 @@ def _attributes_map(column):
       cols * len(column) + rows, pa.int64())) if len(cols) else pa.array(
           [], pa.string())
   return pa.MapArray.from_arrays(offsets, keys, values)
+
+
+def _numpy(array) -> np.ndarray:
+  return array.to_numpy(zero_copy_only=False)
 
 
 def _numpy_mask(array) -> np.ndarray:

@@ -324,6 +324,54 @@ def is_error_status(status: str | None) -> bool:
 # read fields at arbitrary paths (the training export's free-text fields).
 RAW = "raw"
 
+# What a model answered (`prediction`) and what turned out true (`truth`):
+# {"value": number, "label": text, "probabilities": [numbers]}, one of them
+# set. A number is a score (a binary classifier's probability of class "1", a
+# regression value), a string a class label, a list the probabilities of
+# classes "0", "1", ... A Seldon feedback's truth is a SeldonMessage holding
+# one value.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def _outcome(value: Any, field: str, probabilities: bool) -> dict:
+  if isinstance(value, str):
+    if value == "":
+      raise _Invalid(WRONG_TYPE, field)
+    return {"value": None, "label": _text(value, field),
+            "probabilities": None}
+  if isinstance(value, list) and probabilities:
+    numbers = _finite_numbers(value, field)
+    if not numbers or min(numbers) < 0.0 or max(numbers) > 1.0 or abs(
+        sum(numbers) - 1.0) > PROBABILITY_SUM_TOLERANCE:
+      raise _Invalid(VALUE_OUT_OF_RANGE, field)
+    return {"value": None, "label": None, "probabilities": numbers}
+  number = _number(value, field)
+  if not math.isfinite(number):
+    raise _Invalid(NON_FINITE_VALUE, field)
+  return {"value": number, "label": None, "probabilities": None}
+
+
+def _seldon_truth(value: Any) -> Any:
+  """A SeldonMessage's one value: {"data": {"ndarray": [[v]]}} (or
+  "tensor": {"values": [v]}), {"strData": v} or {"jsonData": v}."""
+  if not isinstance(value, dict):
+    return value
+  if "strData" in value or "jsonData" in value:
+    return value.get("strData", value.get("jsonData"))
+  data = value.get("data")
+  values = None
+  if isinstance(data, dict):
+    values = data.get("ndarray")
+    tensor = data.get("tensor")
+    if values is None and isinstance(tensor, dict):
+      values = tensor.get("values")
+  while isinstance(values, list) and len(values) == 1:
+    values = values[0]
+  if values is None or isinstance(values, (list, dict)):
+    raise _Invalid(WRONG_TYPE, "truth")
+  return values
+
+
 PREDICTION_EXTRAS = {
     RAW: None,  # Not a field of the record: set by `parse_prediction`.
     "propensity": _propensity,
@@ -333,11 +381,13 @@ PREDICTION_EXTRAS = {
     "attributes": _attributes,
     "latency_ms": _latency_ms,
     "status": _status,
+    "prediction": lambda value: _outcome(value, "prediction", True),
 }
 FEEDBACK_EXTRAS = {
     # Which signal a feedback record measures (a click, a purchase, ...);
     # absent means the reward.
     "metric": lambda value: _text(value, "metric"),
+    "truth": lambda value: _outcome(_seldon_truth(value), "truth", False),
 }
 EXTRAS = {PREDICTION: PREDICTION_EXTRAS, FEEDBACK: FEEDBACK_EXTRAS}
 
@@ -450,7 +500,10 @@ def parse_feedback(raw: bytes | str, extras=()) -> dict | Rejected:
   asked-for `extras`) or Rejected."""
   try:
     obj = _structured(_load_object(raw))
-    return _with_extras(_feedback(obj), obj, FEEDBACK, extras)
+    parsed = _feedback(obj)
+    if _is_cloud_event(obj):  # A Seldon feedback's fields are its data's.
+      obj = obj["data"]
+    return _with_extras(parsed, obj, FEEDBACK, extras)
   except _Invalid as invalid:
     return invalid.rejected
 

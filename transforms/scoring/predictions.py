@@ -17,6 +17,8 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from transforms.decisions import outcomes
+from transforms.decisions.outcomes import predicted_classes
 from transforms.io import json_lines
 
 SCORE = "score"
@@ -76,12 +78,6 @@ def as_matrix(output) -> np.ndarray:
   """A model's output as a [rows, k] array (a vector is one column)."""
   output = np.asarray(output)
   return output.reshape(len(output), -1)
-
-
-def predicted_classes(output: np.ndarray) -> np.ndarray:
-  if output.shape[1] == 1:
-    return (output[:, 0] > 0.5).astype(np.int64)
-  return output.argmax(axis=1)
 
 
 def _votes(output: np.ndarray) -> np.ndarray:
@@ -187,17 +183,13 @@ def compare(output: np.ndarray, baseline: np.ndarray,
 
   A row's difference is the mean over the output columns of model - baseline.
   """
-  if output.shape != baseline.shape:
-    raise ValueError(f"output shape {output.shape} is not the baseline's "
-                     f"{baseline.shape}")
-  diff = (output - baseline).mean(axis=1, dtype=np.float64)
-  abs_diff = np.abs(output - baseline).mean(axis=1, dtype=np.float64)
+  diff, abs_diff, agrees = outcomes.differences(output, baseline,
+                                                task == CLASSIFICATION)
   columns = {"abs_diff": pa.array(abs_diff)}
   if baseline.shape[1] == 1:
     columns["baseline_prediction"] = pa.array(baseline[:, 0])
   agreements = None
-  if task == CLASSIFICATION:
-    agrees = predicted_classes(output) == predicted_classes(baseline)
+  if agrees is not None:
     columns["agrees"] = pa.array(agrees)
     agreements = int(agrees.sum())
   totals = ShadowTotals(len(output), float(diff.sum()), float(abs_diff.sum()),

@@ -1,0 +1,256 @@
+r"""Model evaluation from serving logs: model quality, shadow vs live, canary verdicts.
+
+  predictions ─ReadPredictions─┐                       ┌─ModelQuality──────── model_quality
+                               ├─JoinRequests─requests─┼─ShadowComparison──── shadow_comparison
+  feedback ────ReadFeedback────┘ (shadow rows too)     └─CanaryJudge───────── canary_verdicts
+  (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
+
+Predictions carry the model's `prediction` (and `latency_ms`, `status`,
+`policy` for the canary); feedback carries the ground truth `truth`.
+
+Run locally:
+  python -m pipelines.model_evaluation --predictions 'logs/predictions*.jsonl' \
+      --feedback 'logs/feedback*.jsonl' --task classification --output_dir out/
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms import options as opts
+from transforms.attribution.attribution import JoinRequests
+from transforms.decisions import canary
+from transforms.decisions import model_quality
+from transforms.decisions import shadow
+from transforms.io import schemas
+from transforms.io import sinks
+from transforms.logs import contract
+from transforms.logs import quality
+from transforms.logs.read_logs import ReadLogs
+from pipelines import reward_batch
+
+PREDICTION_EXTRAS = ("prediction", "policy", "latency_ms", "status")
+FEEDBACK_EXTRAS = ("truth",)
+
+
+class ModelEvaluationOptions(PipelineOptions):
+  """What the model evaluation computes and judges by. Its inputs are the
+  reward pipeline's (`--predictions`, required here, `--feedback`,
+  `--join_shards`); `--task` is batch inference's."""
+
+  EVALUATION_OPTIONS = (
+      opts.Option("quality_confidence", "Confidence of the intervals in "
+                  "model_quality and shadow_comparison, and of a shadow's "
+                  "worse / better verdict.", "Quality confidence",
+                  type=float, default=0.95, regexes=(r"^0?\.[0-9]+$",)),
+      opts.Option("canary_arm", "Arm judged as the canary in every "
+                  "experiment that has it (default: the least-served arm of "
+                  "an experiment whose predictions say policy canary).",
+                  "Canary arm"),
+      opts.Option("canary_baseline", "Arm the canary is compared with "
+                  "(default: the most-served other arm).", "Canary baseline"),
+      opts.Option("canary_confidence", "Confidence at which a canary metric "
+                  "is classified High or Low.", "Canary confidence",
+                  type=float, default=0.98, regexes=(r"^0?\.[0-9]+$",)),
+      opts.Option("canary_min_effect", "Smallest relative change of a "
+                  "canary metric that can fail it (0.05: five percent).",
+                  "Canary minimum effect", type=float, default=0.05,
+                  regexes=(r"^[0-9.]+$",)),
+      opts.Option("canary_pass", "Score (0-100) from which the canary "
+                  "passes.", "Canary pass score", type=float, default=95.0,
+                  regexes=(r"^[0-9.]+$",)),
+      opts.Option("canary_marginal", "Score (0-100) from which a canary "
+                  "that does not pass is Marginal rather than Fail.",
+                  "Canary marginal score", type=float, default=75.0,
+                  regexes=(r"^[0-9.]+$",)),
+  )
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    opts.add_options(parser, cls.EVALUATION_OPTIONS)
+
+
+OPTION_CLASSES = (reward_batch.RewardBatchOptions, ModelEvaluationOptions,
+                  opts.TaskOptions,
+                  reward_batch.AttributionOptions,
+                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+
+
+class VectorSum(beam.CombineFn):
+  """Sum accumulators that are numpy vectors (they merge by addition)."""
+
+  def create_accumulator(self):
+    return None
+
+  def add_input(self, total, vector):
+    return vector.copy() if total is None else total + vector
+
+  def merge_accumulators(self, totals):
+    merged = None
+    for total in totals:
+      if total is not None:
+        merged = self.add_input(merged, total)
+    return merged
+
+  def extract_output(self, total):
+    return total
+
+
+class ModelQuality(beam.PTransform):
+  """Joined requests -> model_quality rows, per (experiment, arm, shadow)."""
+
+  def __init__(self, task: str, alpha: float):
+    super().__init__()
+    self._task = task
+    self._alpha = alpha
+
+  def expand(self, requests):
+    return (requests
+            | "Partials" >> beam.FlatMap(model_quality.partials, self._task)
+            | "Combine" >> beam.CombinePerKey(VectorSum())
+            | "Rows" >> beam.Map(lambda item, task, alpha: (
+                model_quality.quality_row(*item, task, alpha)), self._task,
+                                 self._alpha))
+
+
+class ShadowComparison(beam.PTransform):
+  """Joined requests with shadow rows -> shadow_comparison rows."""
+
+  def __init__(self, task: str, alpha: float):
+    super().__init__()
+    self._task = task
+    self._alpha = alpha
+
+  def expand(self, requests):
+    return (requests
+            | "Partials" >> beam.FlatMap(shadow.partials, self._task)
+            | "Combine" >> beam.CombinePerKey(VectorSum())
+            | "Rows" >> beam.Map(lambda item, task, alpha: (
+                shadow.comparison_row(*item, task, alpha)), self._task,
+                                 self._alpha))
+
+
+def _verdict(experiment_arms, config, canary_arm, baseline_arm):
+  experiment, arms = experiment_arms
+  row = canary.experiment_verdict(experiment, dict(arms), config, canary_arm,
+                                  baseline_arm)
+  return [row] if row else []
+
+
+class CanaryJudge(beam.PTransform):
+  """Joined requests -> a canary_verdicts row per experiment with a canary."""
+
+  def __init__(self, config: canary.JudgeConfig, canary_arm: str | None,
+               baseline_arm: str | None, missing_reward: str):
+    super().__init__()
+    self._config = config
+    self._canary_arm = canary_arm
+    self._baseline_arm = baseline_arm
+    self._missing_reward = missing_reward
+
+  def expand(self, requests):
+    return (requests
+            | "ArmPartials" >> beam.FlatMap(canary.arm_partials,
+                                            self._missing_reward)
+            | "CombinePerArm" >> beam.CombinePerKey(VectorSum())
+            | "ByExperiment" >> beam.MapTuple(
+                lambda key, acc: (key[0], (key[1], acc)))
+            | "GroupArms" >> beam.GroupByKey()
+            | "Judge" >> beam.FlatMap(_verdict, self._config,
+                                      self._canary_arm, self._baseline_arm))
+
+
+def judge_config(view) -> canary.JudgeConfig:
+  return canary.JudgeConfig(confidence=view.canary_confidence,
+                            min_effect=view.canary_min_effect,
+                            pass_score=view.canary_pass,
+                            marginal_score=view.canary_marginal)
+
+
+class ModelEvaluation(beam.PTransform):
+  """Prediction and feedback logs -> model_quality, shadow_comparison,
+  canary_verdicts, dead_letter, data_quality."""
+
+  def __init__(self, predictions: str, feedback: str, attribution, task: str,
+               alpha: float, judge: canary.JudgeConfig,
+               canary_arm: str | None = None,
+               baseline_arm: str | None = None, join_shards: int = 32):
+    super().__init__()
+    self._predictions = predictions
+    self._feedback = feedback
+    self._attribution = attribution
+    self._task = task
+    self._alpha = alpha
+    self._judge = judge
+    self._canary_arm = canary_arm
+    self._baseline_arm = baseline_arm
+    self._join_shards = join_shards
+
+  def expand(self, pbegin):
+    predictions = pbegin | "ReadPredictions" >> ReadLogs(
+        self._predictions, contract.PREDICTION, PREDICTION_EXTRAS)
+    feedback = pbegin | "ReadFeedback" >> ReadLogs(
+        self._feedback, contract.FEEDBACK, FEEDBACK_EXTRAS)
+    joined = ({"predictions": predictions.records,
+               "feedback": feedback.records}
+              | "JoinRequests" >> JoinRequests(
+                  self._attribution, self._join_shards, PREDICTION_EXTRAS,
+                  feedback_extras=FEEDBACK_EXTRAS, include_shadow=True))
+    requests = joined["requests"]
+    reads = (predictions, feedback)
+    dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
+                    [joined[quality.DEAD_LETTER]]
+                    | "FlattenDeadLetters" >> beam.Flatten())
+    counts = ([r[quality.COUNTS] for r in reads] + [joined[quality.COUNTS]]
+              | "FlattenCounts" >> beam.Flatten()
+              | "DataQuality" >> quality.SummarizeCounts())
+    return {
+        schemas.MODEL_QUALITY.name: requests | "ModelQuality" >> ModelQuality(
+            self._task, self._alpha),
+        schemas.SHADOW_COMPARISON.name: requests | "ShadowComparison" >>
+        ShadowComparison(self._task, self._alpha),
+        schemas.CANARY_VERDICTS.name: requests | "CanaryJudge" >> CanaryJudge(
+            self._judge, self._canary_arm, self._baseline_arm,
+            self._attribution.missing_reward),
+        schemas.DEAD_LETTER.name: dead_letters,
+        schemas.DATA_QUALITY.name: counts}
+
+
+def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
+  """Add the whole job to `pipeline`, as the options say."""
+  inputs = pipeline_options.view_as(reward_batch.RewardBatchOptions)
+  opts.check_required(inputs, reward_batch.RewardBatchOptions.INPUT_OPTIONS)
+  if not inputs.predictions:
+    raise ValueError("required: --predictions")
+  view = pipeline_options.view_as(ModelEvaluationOptions)
+  if not 0 < view.quality_confidence < 1:
+    raise ValueError("--quality_confidence must be in (0, 1)")
+  judge = judge_config(view)
+  output = sinks.OutputConfig.from_options(pipeline_options)
+  tables = schemas.MODEL_EVALUATION_TABLES.values()
+  sinks.prepare_emulator_tables(output, tables, replace_partition=True)
+  _ = (pipeline
+       | "ModelEvaluation" >> ModelEvaluation(
+           inputs.predictions, inputs.feedback,
+           reward_batch.attribution_config(pipeline_options, True),
+           pipeline_options.view_as(opts.TaskOptions).task,
+           1 - view.quality_confidence, judge, view.canary_arm,
+           view.canary_baseline, inputs.join_shards)
+       | "WriteOutputs" >> sinks.WriteTables(tables, output))
+
+
+def run(argv=None):
+  """Parse the options, build the job and run it to completion."""
+  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
+                                                 __doc__)
+  with beam.Pipeline(options=pipeline_options) as pipeline:
+    build(pipeline, pipeline_options)
+  return pipeline
+
+
+if __name__ == "__main__":
+  logging.getLogger().setLevel(logging.INFO)
+  run()
