@@ -61,20 +61,17 @@ def split_day(logs: str, predictions: list[str], feedback: list[str]):
   request), for learning a routing policy on one and evaluating it on the
   other."""
   midday = training_logs.START + 43_200
-  halves = {"morning": set(), "afternoon": set()}
-  for half in halves:
+  half_of = {}
+  for line in predictions:
+    record = json.loads(line)
+    half_of[record["request_id"]] = ("morning" if record["timestamp"] < midday
+                                     else "afternoon")
+  for half in ("morning", "afternoon"):
     os.makedirs(f"{logs}/{half}", exist_ok=True)
-  records = [json.loads(line) for line in predictions]
-  for record in records:
-    half = "morning" if record["timestamp"] < midday else "afternoon"
-    halves[half].add(record["request_id"])
-  for half, request_ids in halves.items():
-    training_logs.write(f"{logs}/{half}/predictions.jsonl", [
-        line for line, record in zip(predictions, records)
-        if record["request_id"] in request_ids])
-    training_logs.write(f"{logs}/{half}/feedback.jsonl", [
-        line for line in feedback
-        if json.loads(line)["request_id"] in request_ids])
+    for name, lines in (("predictions", predictions), ("feedback", feedback)):
+      training_logs.write(f"{logs}/{half}/{name}.jsonl", [
+          line for line in lines
+          if half_of[json.loads(line)["request_id"]] == half])
 
 
 def true_value(predictions: str) -> float:
