@@ -3,7 +3,9 @@
   simulated day of logs ─training_export─ TFRecords (de-identified, train/eval)
     ─train_candidate─ candidate.keras, registered as models:/ranker@candidate
     ─batch_inference --mode shadow─ the candidate against the live model on the
-     logged features ─ (off-policy value: pipelines.policy_evaluation) ─ summary
+     logged features
+  morning's logs ─reward_batch --contextual_policy─ router state
+    ─policy_evaluation on the afternoon's logs─ its value off-policy ─ summary
 
 Everything runs on this machine (FnApiRunner, an embedded MLflow store); the
 pseudonymization key is a random one made for the run, never printed.
@@ -12,14 +14,18 @@ pseudonymization key is a random one made for the run, never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
-import importlib.util
 import json
 import logging
 import os
 import secrets
 
+import numpy as np
+
 from pipelines import batch_inference
+from pipelines import policy_evaluation
+from pipelines import reward_batch
 from pipelines import train_candidate
 from pipelines import train_demo_models
 from pipelines import training_export
@@ -27,6 +33,7 @@ from simulation import click_data
 from simulation import training_logs
 
 KEY_ENV = "LOOP_DEMO_PSEUDONYMIZE_KEY"
+TARGET = "contextual_morning"
 
 
 def _rows(directory: str, table: str) -> list[dict]:
@@ -49,16 +56,62 @@ def _live_model(workdir: str, seed: int) -> str:
   return path
 
 
-def off_policy_value(workdir: str):
-  """The candidate's estimated value from the logged propensities.
+def split_day(logs: str, predictions: list[str], feedback: list[str]):
+  """The day's logs as a morning and an afternoon (feedback with its
+  request), for learning a routing policy on one and evaluating it on the
+  other."""
+  midday = training_logs.START + 43_200
+  half_of = {}
+  for line in predictions:
+    record = json.loads(line)
+    half_of[record["request_id"]] = ("morning" if record["timestamp"] < midday
+                                     else "afternoon")
+  for half in ("morning", "afternoon"):
+    os.makedirs(f"{logs}/{half}", exist_ok=True)
+    for name, lines in (("predictions", predictions), ("feedback", feedback)):
+      training_logs.write(f"{logs}/{half}/{name}.jsonl", [
+          line for line in lines
+          if half_of[json.loads(line)["request_id"]] == half])
 
-  Place for the contextual-bandit issue's pipelines.policy_evaluation: until
-  it is merged this returns None and the summary says so.
-  """
-  if importlib.util.find_spec("pipelines.policy_evaluation") is None:
-    return None
-  raise NotImplementedError(
-      "pipelines.policy_evaluation is present: wire it in loop_demo")
+
+def true_value(predictions: str) -> float:
+  """The simulator's expected reward of any routing policy on these
+  requests: its arms do not change the click probability."""
+  with open(predictions) as f:
+    features = np.array([json.loads(line)["features"] for line in f])
+  return float(click_data.click_probability(features).mean())
+
+
+def off_policy_value(workdir: str, logs: str) -> dict:
+  """The value of the contextual router state learned from the morning's
+  logs (linear Thompson sampling, 5 % uniform exploration), estimated on the
+  afternoon's logs from their propensities."""
+  state_dir = os.path.join(workdir, "router_state")
+  os.makedirs(state_dir, exist_ok=True)
+  # Its run summary (gates) goes to a file: a broken gate still stops the run.
+  with open(f"{state_dir}/run_summary.txt", "w") as out, \
+       contextlib.redirect_stdout(out):
+    reward_batch.run([
+        "--runner", "FnApiRunner",
+        "--predictions", f"{logs}/morning/predictions.jsonl",
+        "--feedback", f"{logs}/morning/feedback.jsonl",
+        "--context_dim", str(click_data.NUM_FEATURES),
+        "--contextual_policy", "linear_thompson", "--policy_epsilon", "0.05",
+        "--output_dir", state_dir])
+  evaluation_dir = os.path.join(workdir, "policy_value")
+  afternoon = f"{logs}/afternoon/predictions.jsonl"
+  policy_evaluation.run([
+      "--runner", "FnApiRunner", "--predictions", afternoon,
+      "--feedback", f"{logs}/afternoon/feedback.jsonl",
+      "--context_dim", str(click_data.NUM_FEATURES),
+      "--target_policy",
+      f"{TARGET}=linear_thompson:{state_dir}/router_state*.json",
+      "--experiment_id", training_logs.EXPERIMENT_ID, "--bootstrap", "0",
+      "--output_dir", evaluation_dir])
+  rows = {row["estimator"]: row for row in
+          _rows(evaluation_dir, "policy_value") if row["policy"] == TARGET}
+  return {"target": TARGET, "dr": rows["dr"], "ips": rows["ips"],
+          "true_value": true_value(afternoon)}
 
 
 def main(argv=None) -> dict:
@@ -78,6 +131,7 @@ def main(argv=None) -> dict:
   predictions, feedback = training_logs.generate(args.requests, args.seed)
   training_logs.write(f"{logs}/predictions.jsonl", predictions)
   training_logs.write(f"{logs}/feedback.jsonl", feedback)
+  split_day(logs, predictions, feedback)
 
   export = os.path.join(workdir, "export", "dt=2026-11-21")
   tables = os.path.join(workdir, "export_tables")
@@ -109,7 +163,7 @@ def main(argv=None) -> dict:
                   if row["record_type"] == "export"},
       "card": card,
       "shadow": _rows(shadow_dir, "shadow_summary"),
-      "value": off_policy_value(workdir),
+      "value": off_policy_value(workdir, logs),
   }
   print_summary(summary, export)
   return summary
@@ -137,10 +191,13 @@ def print_summary(summary: dict, export: str) -> None:
           f"logged requests, agreement {row['agreement_rate']:.3f}, mean |diff| "
           f"{row['mean_abs_diff']:.3f}")
   value = summary["value"]
-  print("off-policy value: " + (f"{value}" if value is not None else
-                                "not estimated (pipelines.policy_evaluation "
-                                "is not merged yet)"))
-
+  dr = value["dr"]
+  print(f"off-policy value, {dr['n']:,} afternoon requests: "
+        f"{value['target']} (router state learned in the morning)")
+  print(f"  DR {dr['value']:.4f} [{dr['ci_low']:.4f}, {dr['ci_high']:.4f}],"
+        f" IPS {value['ips']['value']:.4f} vs logged policy "
+        f"{dr['logged_value']:.4f}; simulator's true value "
+        f"{value['true_value']:.4f}")
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.WARNING)

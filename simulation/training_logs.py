@@ -15,6 +15,7 @@ import numpy as np
 
 from simulation import click_data
 
+EXPERIMENT_ID = "homepage-ranker"
 START = datetime.datetime(2026, 11, 21, tzinfo=datetime.timezone.utc).timestamp()
 TEXTS = (
     "show me running shoes",
@@ -39,7 +40,7 @@ def generate(requests: int, seed: int = 0, users: int = 2000,
   predictions, feedback = [], []
   for i in range(requests):
     record = {"request_id": request_ids[i], "timestamp": round(times[i], 3),
-              "experiment_id": "homepage-ranker", "arm": arms[served[i]],
+              "experiment_id": EXPERIMENT_ID, "arm": arms[served[i]],
               "propensity": 1.0 / len(arms), "user_id": f"user-{user[i]}",
               "features": [round(float(v), 5) for v in features[i]]}
     if TEXTS[text[i]]:
