@@ -73,9 +73,8 @@ class ModelEvaluationOptions(PipelineOptions):
     opts.add_options(parser, cls.EVALUATION_OPTIONS)
 
 
-OPTION_CLASSES = (reward_batch.RewardBatchOptions, ModelEvaluationOptions,
-                  opts.TaskOptions,
-                  reward_batch.AttributionOptions,
+OPTION_CLASSES = (ModelEvaluationOptions, reward_batch.RewardBatchOptions,
+                  opts.TaskOptions, reward_batch.AttributionOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 

@@ -70,10 +70,9 @@ class PolicyEvaluationOptions(PipelineOptions):
     opts.add_options(parser, cls.EVALUATION_OPTIONS)
 
 
-OPTION_CLASSES = (reward_batch.RewardBatchOptions,
+OPTION_CLASSES = (PolicyEvaluationOptions, reward_batch.RewardBatchOptions,
                   reward_batch.AttributionOptions, opts.ContextOptions,
-                  PolicyEvaluationOptions, opts.OutputFileOptions,
-                  opts.OutputPipelineOptions)
+                  opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
 def read_lines(file_pattern: str) -> list[str]:

@@ -94,9 +94,9 @@ class TrainingExportOptions(PipelineOptions):
     opts.add_options(parser, cls.EXPORT_OPTIONS)
 
 
-OPTION_CLASSES = (reward_batch.RewardBatchOptions,
-                  reward_batch.AttributionOptions, TrainingExportOptions,
-                  opts.OutputFileOptions, opts.OutputPipelineOptions)
+OPTION_CLASSES = (TrainingExportOptions, reward_batch.RewardBatchOptions,
+                  reward_batch.AttributionOptions, opts.OutputFileOptions,
+                  opts.OutputPipelineOptions)
 
 
 def parse_time(text: str | None) -> float | None:

@@ -116,10 +116,11 @@ def test_the_pipeline_runs_from_its_command_line(tmp_path):
   # No canary in these logs: no verdict.
   assert not [line for path in (tmp_path / "out").glob("canary_verdicts*")
               for line in path.read_text().splitlines()]
-  with pytest.raises(ValueError, match="quality_confidence"):
+  with pytest.raises(SystemExit) as stop:
     model_evaluation.run([f"--predictions={tmp_path}/p.jsonl",
                           f"--feedback={tmp_path}/f.jsonl",
                           "--quality_confidence=1.5", "--runner=FnApiRunner"])
+  assert stop.value.code == 2
 
 
 def test_model_report_shows_quality_shadow_calibration_and_canary(tmp_path):

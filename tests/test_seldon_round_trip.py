@@ -168,8 +168,10 @@ def test_round_trip_under_seldons_wrapper_and_client(tmp_path):
              if item["reward"] == 0.0)
 
   out = tmp_path / "out"
+  # Every tenth feedback has no routing: dead-lettered by design (10 %).
   reward_batch.run([f"--feedback={ship(sent_by_unit, tmp_path / 'logs')}",
-                    f"--output_dir={out}", "--runner=FnApiRunner"])
+                    f"--output_dir={out}", "--runner=FnApiRunner",
+                    "--max_dead_letter_fraction=0.15"])
 
   # Every routed feedback counted on its arm, rewards 0 included.
   arm_stats = {(row["experiment_id"], row["arm"]): row
