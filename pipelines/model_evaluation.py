@@ -20,6 +20,7 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.checks import preflight
 from transforms import options as opts
 from transforms.attribution.attribution import JoinRequests
 from transforms.decisions import canary
@@ -252,4 +253,5 @@ def run(argv=None):
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  run()
+  with preflight.user_errors("pipelines.model_evaluation"):  # One line for a user error.
+    run()

@@ -16,13 +16,13 @@ Run locally:
 from __future__ import annotations
 
 import logging
-import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import reward_batch
+from transforms.checks import preflight
 from transforms import options as opts
 from transforms.attribution.attribution import JoinRequests
 from transforms.io import schemas
@@ -218,7 +218,5 @@ def run(argv=None):
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  try:
+  with preflight.user_errors("pipelines.policy_evaluation"):  # One line for a user error.
     run()
-  except ValueError as error:  # A bad option or target file: one clear line.
-    sys.exit(f"policy_evaluation: {error}")

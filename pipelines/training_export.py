@@ -25,6 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import reward_batch
+from transforms.checks import preflight
 from transforms import options as opts
 from transforms.attribution.attribution import JoinRequests
 from transforms.export import deid
@@ -237,4 +238,5 @@ def run(argv=None):
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  run()
+  with preflight.user_errors("pipelines.training_export"):  # One line for a user error.
+    run()
