@@ -6,7 +6,9 @@ r"""Model evaluation from serving logs: model quality, shadow vs live, canary ve
   (every stage) ─ dead letters ─ dead_letter;  counts ─ data_quality
 
 Predictions carry the model's `prediction` (and `latency_ms`, `status`,
-`policy` for the canary); feedback carries the ground truth `truth`.
+`policy` for the canary); feedback carries the ground truth `truth`. With
+`--metrics`, the canary is judged on the file's quantile and proportion
+metrics instead of the log metrics.
 
 Run locally:
   python -m pipelines.model_evaluation --predictions 'logs/predictions*.jsonl' \
@@ -18,12 +20,15 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
+import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.checks import preflight
 from transforms import options as opts
+from transforms.attribution import metric_summary
 from transforms.attribution.attribution import JoinRequests
 from transforms.decisions import canary
+from transforms.decisions import metric_tables
 from transforms.decisions import model_quality
 from transforms.decisions import shadow
 from transforms.io import schemas
@@ -76,6 +81,7 @@ class ModelEvaluationOptions(PipelineOptions):
 
 OPTION_CLASSES = (ModelEvaluationOptions, reward_batch.RewardBatchOptions,
                   opts.TaskOptions, reward_batch.AttributionOptions,
+                  reward_batch.MetricOptions,
                   opts.OutputFileOptions, opts.OutputPipelineOptions)
 
 
@@ -140,26 +146,66 @@ def _verdict(experiment_arms, config, canary_arm, baseline_arm):
   return [row] if row else []
 
 
+def _verdict_on_definitions(experiment_grouped, definitions, config,
+                            canary_arm, baseline_arm):
+  experiment, grouped = experiment_grouped
+  summaries_by_arm = {}
+  for arm, metric, summary in grouped["metrics"]:
+    summaries_by_arm.setdefault(arm, {})[metric] = summary
+  row = canary.experiment_verdict_on_definitions(
+      experiment, dict(grouped["arms"]), summaries_by_arm, definitions,
+      config, canary_arm, baseline_arm)
+  return [row] if row else []
+
+
+def _live_metric_partials(requests, definitions):
+  """Joined requests (shadow rows too) -> the live arms' overall
+  ((experiment_id, arm, metric), MetricSummary) partials."""
+  live = requests.filter(pc.invert(requests["shadow"]))
+  return [((experiment_id, arm, metric), summary)
+          for (experiment_id, dimension, _, arm, metric), summary
+          in metric_summary.summarize(live, definitions)
+          if dimension == metric_summary.ALL and
+          metric != metric_summary.REQUESTS]
+
+
 class CanaryJudge(beam.PTransform):
   """Joined requests -> a canary_verdicts row per experiment with a canary."""
 
   def __init__(self, config: canary.JudgeConfig, canary_arm: str | None,
-               baseline_arm: str | None, missing_reward: str):
+               baseline_arm: str | None, missing_reward: str,
+               definitions=()):
     super().__init__()
+    self._definitions = tuple(definitions)
     self._config = config
     self._canary_arm = canary_arm
     self._baseline_arm = baseline_arm
     self._missing_reward = missing_reward
 
   def expand(self, requests):
-    return (requests
+    arms = (requests
             | "ArmPartials" >> beam.FlatMap(canary.arm_partials,
                                             self._missing_reward)
             | "CombinePerArm" >> beam.CombinePerKey(VectorSum())
             | "ByExperiment" >> beam.MapTuple(
-                lambda key, acc: (key[0], (key[1], acc)))
-            | "GroupArms" >> beam.GroupByKey()
-            | "Judge" >> beam.FlatMap(_verdict, self._config,
+                lambda key, acc: (key[0], (key[1], acc))))
+    if not self._definitions:
+      return (arms
+              | "GroupArms" >> beam.GroupByKey()
+              | "Judge" >> beam.FlatMap(_verdict, self._config,
+                                        self._canary_arm,
+                                        self._baseline_arm))
+    summaries = (requests
+                 | "MetricPartials" >> beam.FlatMap(_live_metric_partials,
+                                                    self._definitions)
+                 | "CombineMetrics" >> beam.CombinePerKey(
+                     metric_tables.MetricSummaryCombineFn())
+                 | "MetricsByExperiment" >> beam.MapTuple(
+                     lambda key, summary: (key[0], (key[1], key[2], summary))))
+    return ({"arms": arms, "metrics": summaries}
+            | "GroupArmsAndMetrics" >> beam.CoGroupByKey()
+            | "Judge" >> beam.FlatMap(_verdict_on_definitions,
+                                      self._definitions, self._config,
                                       self._canary_arm, self._baseline_arm))
 
 
@@ -177,8 +223,10 @@ class ModelEvaluation(beam.PTransform):
   def __init__(self, predictions: str, feedback: str, attribution, task: str,
                alpha: float, judge: canary.JudgeConfig,
                canary_arm: str | None = None,
-               baseline_arm: str | None = None, join_shards: int = 32):
+               baseline_arm: str | None = None, join_shards: int = 32,
+               plan: reward_batch.MetricPlan | None = None):
     super().__init__()
+    self._plan = plan
     self._predictions = predictions
     self._feedback = feedback
     self._attribution = attribution
@@ -190,15 +238,21 @@ class ModelEvaluation(beam.PTransform):
     self._join_shards = join_shards
 
   def expand(self, pbegin):
+    plan = self._plan
+    prediction_extras = PREDICTION_EXTRAS + tuple(
+        e for e in (plan.prediction_extras if plan else ())
+        if e not in PREDICTION_EXTRAS)
+    feedback_extras = FEEDBACK_EXTRAS + (("metric",) if plan else ())
     predictions = pbegin | "ReadPredictions" >> ReadLogs(
-        self._predictions, contract.PREDICTION, PREDICTION_EXTRAS)
+        self._predictions, contract.PREDICTION, prediction_extras)
     feedback = pbegin | "ReadFeedback" >> ReadLogs(
-        self._feedback, contract.FEEDBACK, FEEDBACK_EXTRAS)
+        self._feedback, contract.FEEDBACK, feedback_extras)
     joined = ({"predictions": predictions.records,
                "feedback": feedback.records}
               | "JoinRequests" >> JoinRequests(
-                  self._attribution, self._join_shards, PREDICTION_EXTRAS,
-                  feedback_extras=FEEDBACK_EXTRAS, include_shadow=True))
+                  self._attribution, self._join_shards, prediction_extras,
+                  signals=plan.signals if plan else (),
+                  feedback_extras=feedback_extras, include_shadow=True))
     requests = joined["requests"]
     reads = (predictions, feedback)
     dead_letters = ([r[quality.DEAD_LETTER] for r in reads] +
@@ -214,7 +268,8 @@ class ModelEvaluation(beam.PTransform):
         ShadowComparison(self._task, self._alpha),
         schemas.CANARY_VERDICTS.name: requests | "CanaryJudge" >> CanaryJudge(
             self._judge, self._canary_arm, self._baseline_arm,
-            self._attribution.missing_reward),
+            self._attribution.missing_reward,
+            plan.definitions if plan else ()),
         schemas.DEAD_LETTER.name: dead_letters,
         schemas.DATA_QUALITY.name: counts}
 
@@ -229,6 +284,10 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   if not 0 < view.quality_confidence < 1:
     raise ValueError("--quality_confidence must be in (0, 1)")
   judge = judge_config(view)
+  plan = reward_batch.metric_plan(pipeline_options)
+  if plan and any(d.cap_percentile is not None for d in plan.definitions):
+    raise ValueError("cap_percentile is for reward_batch: the canary judge "
+                     "takes cap")
   output = sinks.OutputConfig.from_options(pipeline_options)
   tables = schemas.MODEL_EVALUATION_TABLES.values()
   sinks.prepare_emulator_tables(output, tables, replace_partition=True)
@@ -238,7 +297,7 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
            reward_batch.attribution_config(pipeline_options, True),
            pipeline_options.view_as(opts.TaskOptions).task,
            1 - view.quality_confidence, judge, view.canary_arm,
-           view.canary_baseline, inputs.join_shards)
+           view.canary_baseline, inputs.join_shards, plan)
        | "WriteOutputs" >> sinks.WriteTables(tables, output))
 
 

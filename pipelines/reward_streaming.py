@@ -6,6 +6,7 @@ r"""Streaming reward aggregation: live per-arm rewards and router state from Pub
                                       per request_id)                    └── (arm rows so far)
              (with --metrics) └─ requests ─MetricsSoFar─┬─ metric_stats
                                                          └─ decisions
+       (with --model_quality) └─ requests ─ModelQualitySoFar─ model_quality
   (every stage) ─ dead letters ─ dead_letter;  counts ─CountsSoFar─ data_quality
 
 Run locally against the Pub/Sub and BigQuery emulators (see
@@ -34,6 +35,7 @@ from pipelines import reward_batch
 from transforms.checks import preflight
 from transforms.decisions import arm_table
 from transforms.decisions import metric_tables
+from transforms.decisions import quality_tables
 from transforms.decisions import experiments
 from transforms.logs import contract
 from transforms.logs import messages
@@ -81,6 +83,12 @@ class RewardStreamingOptions(PipelineOptions):
                   "still count in its window's rows: a window stays open for "
                   "the attribution window plus this.", "Allowed lateness (s)",
                   type=float, default=600.0, regexes=(r"^[0-9.]+$",)),
+      opts.Option("model_quality",
+                  "Also write model_quality of the live arms so far: each "
+                  "prediction's `prediction` against its feedback's `truth`, "
+                  "scored as --task says.", "Model quality",
+                  type=opts.parse_bool, default=False,
+                  regexes=(opts.BOOL_REGEX,)),
       opts.Option("duration_s",
                   "Stop the job after this many seconds (local runs). "
                   "Default: run until cancelled or drained.",
@@ -94,7 +102,7 @@ class RewardStreamingOptions(PipelineOptions):
 
 OPTION_CLASSES = (RewardStreamingOptions, reward_batch.AttributionOptions,
                   reward_batch.StatisticsOptions, reward_batch.MetricOptions,
-                  opts.OutputPipelineOptions)
+                  opts.TaskOptions, opts.OutputPipelineOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,25 +188,31 @@ class RewardStreaming(beam.PTransform):
   `subscriptions` names each input's source (the dead letters' source_file).
   With a metric `plan` (reward_batch.MetricPlan), also metric_stats and
   decisions of all data so far, refreshed every pane, decided on the
-  sequential statistics.
+  sequential statistics. With a `quality_task` (classification or
+  regression), also model_quality of the live arms so far.
   """
 
   def __init__(self, subscriptions: dict,
                attribution: rewards.AttributionConfig,
                statistics: arm_table.StatisticsConfig, windows: WindowConfig,
-               plan: reward_batch.MetricPlan | None = None):
+               plan: reward_batch.MetricPlan | None = None,
+               quality_task: str | None = None):
     super().__init__()
     self._subscriptions = subscriptions
     self._attribution = attribution
     self._statistics = statistics
     self._windows = windows
     self._plan = plan
+    self._quality_task = quality_task
 
   def expand(self, payloads):
     plan = self._plan
+    prediction_extras = tuple(plan.prediction_extras if plan else ()) + (
+        ("prediction",) if self._quality_task else ())
+    feedback_extras = ("truth",) if self._quality_task else ()
     extras = {
-        contract.PREDICTION: plan.prediction_extras if plan else (),
-        contract.FEEDBACK: ("metric",) if plan else ()}
+        contract.PREDICTION: prediction_extras,
+        contract.FEEDBACK: (("metric",) if plan else ()) + feedback_extras}
     parsed = {
         name: payloads[name] | f"Parse_{name}" >> ParseMessages(
             record_type, self._subscriptions[name], extras[record_type])
@@ -208,8 +222,8 @@ class RewardStreaming(beam.PTransform):
                   | "AttributeRequests" >> AttributeRequests(
                       self._attribution, self._windows.allowed_lateness_s,
                       self._subscriptions["feedback"],
-                      plan.signals if plan else (),
-                      plan.prediction_extras if plan else ()))
+                      plan.signals if plan else (), prediction_extras,
+                      feedback_extras))
     contributions = attributed.contributions
     arm_stats = contributions | "ArmStatsPerWindow" >> ArmStatsPerWindow(
         self._windows, self._attribution.attribution_window_s,
@@ -228,6 +242,11 @@ class RewardStreaming(beam.PTransform):
                "router_state": so_far[experiments.ROUTER_STATE],
                "arm_stats_so_far": so_far.arm_stats,
                "dead_letter": dead_letters, "data_quality": counts}
+    if self._quality_task:
+      outputs[schemas.MODEL_QUALITY.name] = (
+          attributed[streaming_attribution.REQUESTS]
+          | "ModelQualitySoFar" >> quality_tables.StreamedModelQuality(
+              self._quality_task, SoFar(self._windows.early_firing_s)))
     if plan:
       if any(d.cap_percentile is not None for d in plan.definitions):
         raise ValueError("cap_percentile is for batch runs: a stream has no "
@@ -255,6 +274,10 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   tables = list(schemas.TABLES.values())
   if plan:
     tables += schemas.METRIC_TABLES.values()
+  quality_task = None
+  if streaming.model_quality:
+    quality_task = pipeline_options.view_as(opts.TaskOptions).task
+    tables.append(schemas.MODEL_QUALITY)
   sinks.prepare_emulator_tables(output, tables, replace_partition=False)
   payloads = {
       name: pipeline | f"Read_{name}" >> beam.io.ReadFromPubSub(
@@ -265,7 +288,7 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   outputs = payloads | "RewardStreaming" >> RewardStreaming(
       subscriptions, reward_batch.attribution_config(pipeline_options, True),
       reward_batch.statistics_config(pipeline_options),
-      window_config(pipeline_options), plan)
+      window_config(pipeline_options), plan, quality_task)
   _ = ({table.name: outputs[table.name] for table in tables}
        | "WriteOutputs" >> sinks.WriteTables(tables, output))
 

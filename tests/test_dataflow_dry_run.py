@@ -40,7 +40,7 @@ PARAMETERS = {
     "reward_streaming": dict(
         predictions_subscription="projects/my-project/subscriptions/pred",
         feedback_subscription="projects/my-project/subscriptions/feedback",
-        output_dataset="my-project:online_eval_live"),
+        output_dataset="my-project:online_eval_live", model_quality="true"),
     "batch_inference": dict(
         features="gs://my-bucket/features/dt=2026-01-01/*.parquet",
         model="logreg=gs://my-bucket/models/logreg.keras", num_features=8,

@@ -121,6 +121,11 @@ def test_the_pipeline_runs_from_its_command_line(tmp_path):
                           f"--feedback={tmp_path}/f.jsonl",
                           "--quality_confidence=1.5", "--runner=FnApiRunner"])
   assert stop.value.code == 2
+  # A value the option's pattern takes but the pipeline refuses.
+  with pytest.raises(ValueError, match="quality_confidence"):
+    model_evaluation.run([f"--predictions={tmp_path}/p.jsonl",
+                          f"--feedback={tmp_path}/f.jsonl",
+                          "--quality_confidence=0.0", "--runner=FnApiRunner"])
 
 
 def test_model_report_shows_quality_shadow_calibration_and_canary(tmp_path):

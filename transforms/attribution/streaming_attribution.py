@@ -39,7 +39,8 @@ from transforms.attribution import rewards
 
 METRICS_NAMESPACE = "streaming_attribution"
 # Tagged output of decided requests as joined-request rows (with signals or
-# extras): {experiment_id, arm, ts, <extras>, <signal columns>}.
+# extras): {experiment_id, arm, ts, <extras>, <feedback extras>, <signal
+# columns>}.
 REQUESTS = "requests"
 REQUESTS_OPENED = "requests_opened"
 REQUESTS_CLEARED = "requests_cleared"
@@ -67,17 +68,23 @@ class _AttributeRequestFn(beam.DoFn):
                                      coders.StrUtf8Coder())))
   # The kept prediction's optional fields, when asked for.
   EXTRAS = userstate.ReadModifyWriteStateSpec("extras", coders.PickleCoder())
+  # (ts, {name: value}) of each feedback record's optional fields, when asked
+  # for, until the request is decided.
+  FEEDBACK_EXTRAS = userstate.BagStateSpec("feedback_extras",
+                                           coders.PickleCoder())
   DECIDED = userstate.ReadModifyWriteStateSpec("decided",
                                                coders.BooleanCoder())
   DEADLINE = userstate.TimerSpec("deadline", userstate.TimeDomain.WATERMARK)
 
   def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
-               feedback_source: str, signals=(), extras=()):
+               feedback_source: str, signals=(), extras=(),
+               feedback_extras=()):
     self._config = config
     self._lateness_s = lateness_s
     self._feedback_source = feedback_source
     self._signals = tuple(signals)
     self._extras = tuple(extras)
+    self._feedback_extras = tuple(feedback_extras)
     self._opened = Metrics.counter(METRICS_NAMESPACE, REQUESTS_OPENED)
     self._cleared = Metrics.counter(METRICS_NAMESPACE, REQUESTS_CLEARED)
 
@@ -85,6 +92,7 @@ class _AttributeRequestFn(beam.DoFn):
               feedback=beam.DoFn.StateParam(FEEDBACK),
               decided=beam.DoFn.StateParam(DECIDED),
               extras=beam.DoFn.StateParam(EXTRAS),
+              feedback_extras=beam.DoFn.StateParam(FEEDBACK_EXTRAS),
               deadline=beam.DoFn.TimerParam(DEADLINE)):
     _, (record_type, record) = element
     kept = prediction.read()
@@ -97,6 +105,9 @@ class _AttributeRequestFn(beam.DoFn):
     else:
       yield from self._on_feedback(record, kept, pending, feedback, decided,
                                    deadline)
+      if self._feedback_extras and not decided.read():
+        feedback_extras.add((record["ts"], {
+            name: record.get(name) for name in self._feedback_extras}))
 
   def _on_prediction(self, record, kept, prediction, decided, extras,
                      deadline):
@@ -132,16 +143,20 @@ class _AttributeRequestFn(beam.DoFn):
                   feedback=beam.DoFn.StateParam(FEEDBACK),
                   decided=beam.DoFn.StateParam(DECIDED),
                   extras=beam.DoFn.StateParam(EXTRAS),
+                  feedback_extras=beam.DoFn.StateParam(FEEDBACK_EXTRAS),
                   deadline=beam.DoFn.TimerParam(DEADLINE)):
     kept = prediction.read()
     if kept is None:
       yield from self._orphans(feedback.read())
       feedback.clear()
+      feedback_extras.clear()
       self._cleared.inc()
     elif not decided.read():
-      yield from self._decide(kept, feedback.read(), extras.read())
+      yield from self._decide(kept, feedback.read(), extras.read(),
+                              feedback_extras.read())
       feedback.clear()
       extras.clear()
+      feedback_extras.clear()
       decided.write(True)
       deadline.set(self._decision_time(kept[0]) + self._lateness_s)
     else:
@@ -149,7 +164,20 @@ class _AttributeRequestFn(beam.DoFn):
       decided.clear()
       self._cleared.inc()
 
-  def _decide(self, kept, pending, extras):
+  def _latest_feedback_extras(self, prediction_ts, feedback_extras) -> dict:
+    """Per feedback extra, its latest value among the feedback in the
+    attribution window (the counted feedback), as the batch join's truth."""
+    in_window = sorted(
+        (f for f in feedback_extras
+         if f[0] - prediction_ts <= self._config.attribution_window_s),
+        key=lambda f: f[0])
+    latest = dict.fromkeys(self._feedback_extras)
+    for _, values in in_window:
+      latest.update({name: value for name, value in values.items()
+                     if value is not None})
+    return latest
+
+  def _decide(self, kept, pending, extras, feedback_extras):
     ts, experiment_id, arm, shadow = kept
     outcome, values = rewards.attribute_request_signals(
         ts, shadow, [(f_ts, reward, signal)
@@ -160,9 +188,11 @@ class _AttributeRequestFn(beam.DoFn):
     if outcome.contribution is not None:
       yield beam.window.TimestampedValue(
           ((experiment_id, arm), outcome.contribution), ts)
-      if self._signals or self._extras:
+      if self._signals or self._extras or self._feedback_extras:
         row = {"experiment_id": experiment_id, "arm": arm, "ts": ts,
                **(extras or {})}
+        if self._feedback_extras:
+          row.update(self._latest_feedback_extras(ts, feedback_extras))
         for signal, how in self._signals:
           row[rewards.signal_column(signal, how)] = values.get((signal, how))
         yield pvalue.TaggedOutput(REQUESTS,
@@ -184,18 +214,22 @@ class AttributeRequests(beam.PTransform):
   `lateness_s`: how late (behind the watermark) a record may arrive and still
   join its request. Tagged outputs: `quality.DEAD_LETTER` (orphan feedback,
   source_file = `feedback_source`), `quality.COUNTS`, and with `signals`
-  ((signal, reduce), ...) or prediction `extras`, `REQUESTS`: one joined row
-  per served request (feedback deduplicated per signal, as in batch).
+  ((signal, reduce), ...), prediction `extras` or `feedback_extras`,
+  `REQUESTS`: one joined row per served request (feedback deduplicated per
+  signal, as in batch; a feedback extra such as `truth` is the latest value
+  among its counted feedback, as in batch).
   """
 
   def __init__(self, config: rewards.AttributionConfig, lateness_s: float,
-               feedback_source: str, signals=(), extras=()):
+               feedback_source: str, signals=(), extras=(),
+               feedback_extras=()):
     super().__init__()
     self._config = config
     self._lateness_s = lateness_s
     self._feedback_source = feedback_source
     self._signals = tuple(signals)
     self._extras = tuple(extras)
+    self._feedback_extras = tuple(feedback_extras)
 
   def expand(self, records):
     keyed = [
@@ -209,6 +243,7 @@ class AttributeRequests(beam.PTransform):
             | "FlattenRecords" >> beam.Flatten()
             | "AttributePerRequest" >> beam.ParDo(_AttributeRequestFn(
                 self._config, self._lateness_s, self._feedback_source,
-                self._signals, self._extras)).with_outputs(
+                self._signals, self._extras,
+                self._feedback_extras)).with_outputs(
                     quality.DEAD_LETTER, quality.COUNTS, REQUESTS,
                     main="contributions"))

@@ -19,7 +19,9 @@ the raw values; with `LATENCY_EDGES` (bins 1.2 % wide) the docs give the
 measured agreement with `scipy.stats.mannwhitneyu`.
 
 `arm_partials` makes the per-arm summaries of the metrics the logs carry
-(`latency_ms`, `status` errors, the reward) from joined requests.
+(`latency_ms`, `status` errors, the reward) from joined requests;
+`judge_definitions` judges the metrics of a metrics file instead (quantile
+and proportion metrics, from their per-arm `MetricSummary`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.stats
 
+from transforms.decisions import metrics as metric_defs
 from transforms.decisions import model_quality
 from transforms.decisions import outcomes
 from transforms.decisions import stats
@@ -375,3 +378,84 @@ def experiment_verdict(experiment_id: str, arms: Mapping[str, np.ndarray],
   canary, baseline = chosen
   return verdict_row(experiment_id, canary, baseline, judge(
       metrics, summaries(arms[canary]), summaries(arms[baseline]), config))
+
+
+# The metrics file's metrics (transforms/decisions/metrics.py) in the judge.
+DEFINITION_BINS = 2000
+
+
+def definition_metric(definition) -> Metric | None:
+  """The judge's Metric of a metrics-file definition, None for the types it
+  does not judge (mean, ratio). A quantile metric is continuous (judged on
+  its KLL sketch), a proportion a rate; the direction becomes the harmful
+  one; a guardrail is critical with its margin as the minimum effect."""
+  kinds = {metric_defs.QUANTILE: CONTINUOUS, metric_defs.PROPORTION: RATE}
+  if definition.type not in kinds:
+    return None
+  harmful = {metric_defs.INCREASE: DECREASE, metric_defs.DECREASE: INCREASE}
+  guardrail = definition.role == metric_defs.GUARDRAIL
+  return Metric(definition.name, kinds[definition.type],
+                harmful[definition.direction], critical=guardrail,
+                min_effect=definition.margin if guardrail else None)
+
+
+def definition_edges(canary_summary, baseline_summary) -> np.ndarray:
+  """DEFINITION_BINS bins over the values of both arms: log-spaced for
+  positive values (as LATENCY_EDGES), equal otherwise."""
+  low = min(canary_summary.minimum, baseline_summary.minimum)
+  high = max(canary_summary.maximum, baseline_summary.maximum)
+  if not high > low:
+    return np.array([low])
+  if low > 0:
+    return np.geomspace(low, high, DEFINITION_BINS + 1)
+  return np.linspace(low, high, DEFINITION_BINS + 1)
+
+
+def definition_summary(metric: Metric, summary, edges=None):
+  """A MetricSummary (n, mean, its KLL sketch for a quantile) -> the
+  judge's Histogram (CDF of the sketch at `edges`) or Rate (mean * n, n)."""
+  if metric.kind == RATE:
+    return Rate(summary.mean * summary.n, float(summary.n))
+  return histogram_from_cdf(summary.sketch.get_cdf(list(edges)), summary.n,
+                            summary.mean * summary.n, edges)
+
+
+def judge_definitions(definitions, canary: Mapping, baseline: Mapping,
+                      config: JudgeConfig) -> Verdict:
+  """The judge on a metrics file's definitions; `canary` and `baseline` map
+  metric names to their merged MetricSummary (a metric missing from one arm
+  is left out, a type the judge does not take too)."""
+  metrics, canary_inputs, baseline_inputs = [], {}, {}
+  for definition in definitions:
+    metric = definition_metric(definition)
+    if metric is None or not (definition.name in canary and
+                              definition.name in baseline):
+      continue
+    canary_summary, baseline_summary = (canary[definition.name],
+                                        baseline[definition.name])
+    edges = None
+    if metric.kind == CONTINUOUS:
+      edges = definition_edges(canary_summary, baseline_summary)
+    metrics.append(metric)
+    canary_inputs[metric.name] = definition_summary(metric, canary_summary,
+                                                    edges)
+    baseline_inputs[metric.name] = definition_summary(
+        metric, baseline_summary, edges)
+  return judge(metrics, canary_inputs, baseline_inputs, config)
+
+
+def experiment_verdict_on_definitions(
+    experiment_id: str, arms: Mapping[str, np.ndarray],
+    summaries_by_arm: Mapping[str, Mapping], definitions,
+    config: JudgeConfig, canary_arm: str | None = None,
+    baseline_arm: str | None = None) -> dict | None:
+  """`experiment_verdict` judged on the definitions that apply to the
+  experiment; `summaries_by_arm`: arm -> {metric name: MetricSummary}."""
+  chosen = choose_arms(arms, canary_arm, baseline_arm)
+  if chosen is None:
+    return None
+  canary, baseline = chosen
+  applying = [d for d in definitions if d.applies_to(experiment_id)]
+  return verdict_row(experiment_id, canary, baseline, judge_definitions(
+      applying, summaries_by_arm.get(canary, {}),
+      summaries_by_arm.get(baseline, {}), config))

@@ -125,6 +125,23 @@ def partials(requests: pa.Table, task: str) -> list:
   return [(name, sums[i]) for i, name in enumerate(names)]
 
 
+_OUTCOME = pa.struct([("value", pa.float64()), ("label", pa.string()),
+                      ("probabilities", pa.list_(pa.float64()))])
+ROW_SCHEMA = pa.schema([("experiment_id", pa.string()), ("arm", pa.string()),
+                        ("shadow", pa.bool_()), ("prediction", _OUTCOME),
+                        ("truth", _OUTCOME)])
+
+
+def requests_from_rows(rows) -> pa.Table:
+  """Joined requests as dicts (the streaming attribution's rows: live
+  requests, with `prediction` and `truth` as the contract reads them) -> the
+  table `partials` takes."""
+  return pa.Table.from_pylist(
+      [{"shadow": False, **{name: row.get(name) for name in ROW_SCHEMA.names
+                            if name != "shadow"}} for row in rows],
+      schema=ROW_SCHEMA)
+
+
 def _value(accumulator, name: str) -> float:
   return float(accumulator[_AT[name]])
 
