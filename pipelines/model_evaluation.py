@@ -277,7 +277,7 @@ class ModelEvaluation(beam.PTransform):
 def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(reward_batch.RewardBatchOptions)
-  opts.check_required(inputs, reward_batch.RewardBatchOptions.INPUT_OPTIONS)
+  reward_batch.check_feedback_files(inputs)
   if not inputs.predictions:
     raise ValueError("required: --predictions")
   view = pipeline_options.view_as(ModelEvaluationOptions)

@@ -174,7 +174,7 @@ def policy_evaluation(pipeline_options) -> PolicyEvaluation:
   inputs = pipeline_options.view_as(reward_batch.RewardBatchOptions)
   context = pipeline_options.view_as(opts.ContextOptions)
   evaluation_options = pipeline_options.view_as(PolicyEvaluationOptions)
-  opts.check_required(inputs, reward_batch.RewardBatchOptions.INPUT_OPTIONS)
+  reward_batch.check_feedback_files(inputs)
   opts.check_required(evaluation_options,
                       PolicyEvaluationOptions.EVALUATION_OPTIONS)
   if not inputs.predictions:

@@ -74,6 +74,13 @@ class RewardBatchOptions(PipelineOptions):
     opts.add_options(parser, cls.INPUT_OPTIONS)
 
 
+def check_feedback_files(inputs) -> None:
+  """Pipelines that read their logs from files only need --feedback (here it
+  is optional, as feedback may come from BigQuery instead)."""
+  if not inputs.feedback:
+    raise ValueError("required: --feedback")
+
+
 class AttributionOptions(PipelineOptions):
   """How feedback becomes a reward."""
 
@@ -135,7 +142,7 @@ def gate_config(pipeline_options) -> gates.GateConfig:
       allow_partial=bool(checks.allow_partial),
       control_arm=statistics.control_arm,
       expected_allocation=statistics.expected_allocation,
-      reward_measured=plan is None or any(
+      reward_measured=plan is None or not plan.signals or any(
           signal == rewards.DEFAULT_SIGNAL for signal, _ in plan.signals))
 
 
@@ -159,6 +166,11 @@ class MetricPlan(NamedTuple):
   @property
   def signals(self) -> tuple:
     return metrics.feedback_signals(self.definitions)
+
+  def join_signals(self, reward_reduce: str) -> tuple:
+    """The signals the join reduces: the metrics', or the reward alone, so
+    that with --metrics the reward is always the `reward` signal's."""
+    return self.signals or ((rewards.DEFAULT_SIGNAL, reward_reduce),)
 
 
 def metric_plan(pipeline_options) -> MetricPlan | None:
@@ -240,10 +252,12 @@ class RewardAggregation(beam.PTransform):
     tables = {"feedback": feedback.records}
     if predictions:
       tables["predictions"] = predictions.records
+    signals = (plan.join_signals(self._attribution.reward_reduce) if plan
+               else ())
     attributed = (tables
                   | "AttributeRewards" >> AttributeRewards(
                       self._attribution, self._join_shards,
-                      extras, plan.signals if plan else ()))
+                      extras, signals))
     statistics = (attributed["arm_totals"]
                   | "ExperimentStatistics" >>
                   experiments.ExperimentStatistics(self._statistics))

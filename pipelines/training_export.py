@@ -203,7 +203,7 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
   """Add the whole job to `pipeline`, as the options say."""
   inputs = pipeline_options.view_as(reward_batch.RewardBatchOptions)
   export_options = pipeline_options.view_as(TrainingExportOptions)
-  opts.check_required(inputs, reward_batch.RewardBatchOptions.INPUT_OPTIONS)
+  reward_batch.check_feedback_files(inputs)
   opts.check_required(export_options, TrainingExportOptions.EXPORT_OPTIONS)
   if not inputs.predictions:
     raise ValueError("required: --predictions (the features are in them)")

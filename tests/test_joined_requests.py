@@ -360,3 +360,28 @@ def test_join_with_shadow_rows_keeps_the_counts_and_pairs_truth():
                   ("r3", "live", 0.6, 1.0, None)]
   assert rewards.per_arm(plain.requests, "zero") == rewards.attribute(
       predictions, feedback.drop_columns(["truth"]), config).partials
+
+
+def _feedback_with_signals(*rows):
+  return pa.Table.from_pylist(
+      [{"request_id": r[0], "ts": r[1], "reward": r[2], "experiment_id": None,
+        "arm": None, "raw": "{}", "source_file": "f", "metric": r[3]}
+       for r in rows], schema=batches.schema(contract.FEEDBACK, ("metric",)))
+
+
+def test_with_signals_the_reward_is_the_reward_signals_for_live_and_shadow():
+  predictions = _predictions_with_outcomes(
+      ("r1", 0.0, "live", False, 0.9), ("r1", 0.5, "shadow-m", True, 0.4),
+      ("r2", 1.0, "live", False, 0.2))
+  # A purchase amount and a click on r1 beside its reward; r2 only clicks.
+  feedback = _feedback_with_signals(
+      ("r1", 5.0, 1.0, None), ("r1", 6.0, 37.5, "revenue"),
+      ("r1", 7.0, 1.0, "click"), ("r2", 8.0, 1.0, "click"))
+  config = rewards.AttributionConfig(attribution_window_s=HOUR)
+  joined = rewards.join_requests(predictions, feedback, config,
+                                 signals=(("reward", "max"),),
+                                 include_shadow=True)
+  rows = sorted((r["request_id"], r["arm"], r["reward"])
+                for r in joined.requests.to_pylist())
+  assert rows == [("r1", "live", 1.0), ("r1", "shadow-m", 1.0),
+                  ("r2", "live", None)]

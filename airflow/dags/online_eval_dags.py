@@ -32,6 +32,7 @@ from airflow.sdk import CronTriggerTimetable
 from airflow.sdk import Variable
 from airflow.sdk import task
 
+import online_eval_alerts
 from online_eval_launch import DEFAULT_ARGS
 from online_eval_launch import SETTINGS
 from online_eval_launch import START_DATE

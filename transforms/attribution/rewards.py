@@ -313,8 +313,11 @@ def join_requests(predictions: pa.Table, feedback: pa.Table,
           p_codes[served]]
     if include_shadow:
       shadows = _first_shadow_predictions(predictions, p_codes, shadow)
-      in_window = np.flatnonzero(matched & (delay <= (
-          config.attribution_window_s)))
+      in_window = matched & (delay <= config.attribution_window_s)
+      if signals:  # The reward is the "reward" signal's, as for live rows.
+        in_window &= np.isin(np.arange(len(f_codes)),
+                             signal_rows[DEFAULT_SIGNAL])
+      in_window = np.flatnonzero(in_window)
       codes, any_rewards, _ = _reduce_groups(
           f_codes[in_window], f_ts[in_window], f_reward[in_window],
           config.reward_reduce)
