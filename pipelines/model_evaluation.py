@@ -105,38 +105,24 @@ class VectorSum(beam.CombineFn):
     return total
 
 
-class ModelQuality(beam.PTransform):
-  """Joined requests -> model_quality rows, per (experiment, arm, shadow)."""
+class SummedRows(beam.PTransform):
+  """Joined requests -> table rows: mergeable partial vectors per key, summed,
+  each sum made into a row (model_quality, shadow_comparison)."""
 
-  def __init__(self, task: str, alpha: float):
+  def __init__(self, partials, to_row, task: str, alpha: float):
     super().__init__()
+    self._partials = partials
+    self._to_row = to_row
     self._task = task
     self._alpha = alpha
 
   def expand(self, requests):
     return (requests
-            | "Partials" >> beam.FlatMap(model_quality.partials, self._task)
+            | "Partials" >> beam.FlatMap(self._partials, self._task)
             | "Combine" >> beam.CombinePerKey(VectorSum())
-            | "Rows" >> beam.Map(lambda item, task, alpha: (
-                model_quality.quality_row(*item, task, alpha)), self._task,
-                                 self._alpha))
-
-
-class ShadowComparison(beam.PTransform):
-  """Joined requests with shadow rows -> shadow_comparison rows."""
-
-  def __init__(self, task: str, alpha: float):
-    super().__init__()
-    self._task = task
-    self._alpha = alpha
-
-  def expand(self, requests):
-    return (requests
-            | "Partials" >> beam.FlatMap(shadow.partials, self._task)
-            | "Combine" >> beam.CombinePerKey(VectorSum())
-            | "Rows" >> beam.Map(lambda item, task, alpha: (
-                shadow.comparison_row(*item, task, alpha)), self._task,
-                                 self._alpha))
+            | "Rows" >> beam.Map(lambda item, to_row, task, alpha:
+                                 to_row(*item, task, alpha),
+                                 self._to_row, self._task, self._alpha))
 
 
 def _verdict(experiment_arms, config, canary_arm, baseline_arm):
@@ -262,10 +248,12 @@ class ModelEvaluation(beam.PTransform):
               | "FlattenCounts" >> beam.Flatten()
               | "DataQuality" >> quality.SummarizeCounts())
     return {
-        schemas.MODEL_QUALITY.name: requests | "ModelQuality" >> ModelQuality(
-            self._task, self._alpha),
+        schemas.MODEL_QUALITY.name: requests | "ModelQuality" >> SummedRows(
+            model_quality.partials, model_quality.quality_row, self._task,
+            self._alpha),
         schemas.SHADOW_COMPARISON.name: requests | "ShadowComparison" >>
-        ShadowComparison(self._task, self._alpha),
+        SummedRows(shadow.partials, shadow.comparison_row, self._task,
+                   self._alpha),
         schemas.CANARY_VERDICTS.name: requests | "CanaryJudge" >> CanaryJudge(
             self._judge, self._canary_arm, self._baseline_arm,
             self._attribution.missing_reward,
@@ -302,15 +290,13 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
 
 
 def run(argv=None):
-  """Parse the options, build the job and run it to completion."""
-  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
-                                                 __doc__)
-  with beam.Pipeline(options=pipeline_options) as pipeline:
-    build(pipeline, pipeline_options)
-  return pipeline
+  """Check the options, inputs and outputs, run the job to completion."""
+  return reward_batch.run_log_file_pipeline(
+      argv, OPTION_CLASSES, __doc__, build, schemas.MODEL_EVALUATION_TABLES.values())
 
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  with preflight.user_errors("pipelines.model_evaluation"):  # One line for a user error.
+  # A user error (an option, an input, an output) is one line.
+  with preflight.user_errors("pipelines.model_evaluation"):
     run()

@@ -341,6 +341,13 @@ def preflight_checks(pipeline_options) -> None:
   plan = metric_plan(pipeline_options)  # The metrics file loads.
   preflight.check_outputs(pipeline_options, [
       *TABLES, *(schemas.METRIC_TABLES.values() if plan else ())])
+  check_log_files(inputs)
+  statistics_config(pipeline_options)  # The allocation parses.
+  contextual_router_state(pipeline_options)  # The context options agree.
+
+
+def check_log_files(inputs) -> None:
+  """The log files given are readable logs, each record type its own."""
   files = {}
   for option, record_type in (("feedback", contract.FEEDBACK),
                               ("predictions", contract.PREDICTION)):
@@ -350,8 +357,23 @@ def preflight_checks(pipeline_options) -> None:
   if len(files) == 2:
     preflight.check_disjoint("predictions", files["predictions"], "feedback",
                              files["feedback"])
-  statistics_config(pipeline_options)  # The allocation parses.
-  contextual_router_state(pipeline_options)  # The context options agree.
+
+
+def run_log_file_pipeline(argv, option_classes, description: str, build,
+                          tables) -> beam.Pipeline:
+  """Run a pipeline that reads prediction and feedback files (the first of
+  `option_classes` is its own): its log files and outputs are checked before
+  it starts, and a mistake raises preflight.UserError."""
+  pipeline_options = opts.parse_pipeline_options(argv, option_classes,
+                                                 description)
+  if not pipeline_options.view_as(TestOptions).dry_run:
+    inputs = pipeline_options.view_as(RewardBatchOptions)
+    check_feedback_files(inputs)
+    preflight.check_outputs(pipeline_options, tables)
+    check_log_files(inputs)
+  with beam.Pipeline(options=pipeline_options) as pipeline:
+    build(pipeline, pipeline_options)
+  return pipeline
 
 
 def run(argv=None):

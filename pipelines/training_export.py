@@ -228,15 +228,13 @@ def build(pipeline: beam.Pipeline, pipeline_options: PipelineOptions) -> None:
 
 
 def run(argv=None):
-  """Parse the options, build the job and run it to completion."""
-  pipeline_options = opts.parse_pipeline_options(argv, OPTION_CLASSES,
-                                                 __doc__)
-  with beam.Pipeline(options=pipeline_options) as pipeline:
-    build(pipeline, pipeline_options)
-  return pipeline
+  """Check the options, inputs and outputs, run the job to completion."""
+  return reward_batch.run_log_file_pipeline(
+      argv, OPTION_CLASSES, __doc__, build, schemas.EXPORT_TABLES.values())
 
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)
-  with preflight.user_errors("pipelines.training_export"):  # One line for a user error.
+  # A user error (an option, an input, an output) is one line.
+  with preflight.user_errors("pipelines.training_export"):
     run()

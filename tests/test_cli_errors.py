@@ -480,3 +480,31 @@ def test_streaming_demo_without_java(monkeypatch, capsys, tmp_path):
   assert status == 1
   assert _error_lines(err)[0].startswith(
       "pipelines.streaming_demo: error: the Pub/Sub emulator needs Java")
+
+
+NEW_PIPELINES = {
+    "model_evaluation": [],
+    "policy_evaluation": ["--context_dim=2", "--target_policy=u=split:a=1"],
+    "training_export": ["--output_prefix=OUT/export/", "--feature_count=2",
+                        "--pseudonymize_key_env=HOME"],
+}
+
+
+@pytest.mark.parametrize("pipeline", sorted(NEW_PIPELINES))
+@pytest.mark.parametrize("predictions,message", [
+    ("missing.jsonl", "no such file"), ("empty.jsonl", "every file is empty")])
+def test_per_request_pipelines_check_their_logs_before_the_start(
+    tmp_path, pipeline, predictions, message):
+  import importlib
+  from transforms.checks import preflight
+  (tmp_path / "empty.jsonl").write_text("")
+  (tmp_path / "f.jsonl").write_text(
+      '{"request_id": "a", "timestamp": 1700000000, "reward": 1}\n')
+  module = importlib.import_module(f"pipelines.{pipeline}")
+  argv = [f"--predictions={tmp_path / predictions}",
+          f"--feedback={tmp_path / 'f.jsonl'}",
+          f"--output_dir={tmp_path / 'out'}", "--runner=FnApiRunner",
+          *[a.replace("OUT", str(tmp_path)) for a in NEW_PIPELINES[pipeline]]]
+  with pytest.raises(preflight.UserError, match=message):
+    module.run(argv)
+  assert not (tmp_path / "out").exists()
